@@ -1,8 +1,46 @@
-"""The ``fmclip`` command line."""
+"""The ``fmclip`` command line.
+
+Each subcommand lives in its own module of ``pipelines`` that exposes
+``add_arguments(parser)`` and ``run(args) -> int``; modules are imported only when
+their command runs, so ``fmclip --help`` stays fast.
+"""
 from __future__ import annotations
+
+import argparse
+import importlib
 import sys
+
+# name -> (module, one-line help). Add a line here to add a command.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("pipelines.demo", "synthesise a gallery of every anomaly task on the MNI152 brain template"),
+    "prepare": ("pipelines.prepare", "bring a public dataset, as downloaded, to the prepared layout"),
+    "fewshot": ("pipelines.fewshot", "draw a seeded k-shot support set of normal training images"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fmclip", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        command.set_defaults(_module=module)
+        # Arguments are added lazily in main() for the chosen command only.
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    print("fmclip: no commands yet", file=sys.stderr)
-    return 2
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        parser.print_help() if not argv or argv[0] in ("-h", "--help") else parser.parse_args(argv)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    name = argv[0]
+    module = importlib.import_module(COMMANDS[name][0])
+    command_parser = argparse.ArgumentParser(prog=f"fmclip {name}", description=COMMANDS[name][1])
+    module.add_arguments(command_parser)
+    args = command_parser.parse_args(argv[1:])
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
