@@ -1,0 +1,44 @@
+"""The adapted CLIP of FusionMedCLIP: features, prompts, adapters, LoRA, maps, losses, checkpoints.
+
+Public API::
+
+    from model import FusionMedCLIP, FusionMedCLIPConfig, FusionLoss, build_optimizer
+"""
+
+from .adapters import AlignmentAdapter, BlockAdapter, gap_embedding
+from .backbone import BackboneInfo, create_clip, weights_fingerprint
+from .checkpoint import check_fingerprint, load_checkpoint, load_merged, save_checkpoint, save_merged
+from .config import FusionMedCLIPConfig, default_feature_blocks
+from .fusion import FusionMedCLIP
+from .lora import VISION_LORA_TARGETS
+from .losses import FusionLoss, LossParts, dice_loss, focal_loss, image_labels
+from .optim import LEARNING_RATES, build_optimizer, param_groups
+from .prompts import PromptLearner, encode_text_embeddings
+
+__all__ = [
+    "AlignmentAdapter",
+    "BackboneInfo",
+    "BlockAdapter",
+    "FusionLoss",
+    "FusionMedCLIP",
+    "FusionMedCLIPConfig",
+    "LEARNING_RATES",
+    "LossParts",
+    "PromptLearner",
+    "VISION_LORA_TARGETS",
+    "build_optimizer",
+    "check_fingerprint",
+    "create_clip",
+    "default_feature_blocks",
+    "dice_loss",
+    "encode_text_embeddings",
+    "focal_loss",
+    "gap_embedding",
+    "image_labels",
+    "load_checkpoint",
+    "load_merged",
+    "param_groups",
+    "save_checkpoint",
+    "save_merged",
+    "weights_fingerprint",
+]

@@ -1,0 +1,64 @@
+"""Alignment adapters (patch tokens -> joint embedding) and residual block adapters."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class AlignmentAdapter(nn.Module):
+    """phi_j: a 1x1 convolution from the ViT width to the joint embedding size, then L2 norm per position.
+
+    Example:
+        >>> phi = AlignmentAdapter(1024, 768)
+        >>> phi(torch.randn(2, 1024, 16, 16)).shape
+        torch.Size([2, 768, 16, 16])
+    """
+
+    def __init__(self, width: int, embed_dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(width, embed_dim, kernel_size=1)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.proj(tokens), dim=1)
+
+
+def gap_embedding(tokens: torch.Tensor, visual: nn.Module) -> torch.Tensor:
+    """Ablation "GAP": average patch tokens (B, W, h, w) over space, then CLIP's own frozen ``ln_post`` + ``proj``.
+
+    No trainable parameters. Returns one L2-normalised embedding per image as a
+    (B, E, 1, 1) "map", which the map maker upsamples to a constant map; with
+    manual prompts this is the plain zero-shot CLIP baseline, per feature block.
+    """
+    pooled = visual.ln_post(tokens.mean(dim=(2, 3)))
+    if visual.proj is not None:
+        pooled = pooled @ visual.proj
+    return F.normalize(pooled, dim=-1)[:, :, None, None]
+
+
+class BlockAdapter(nn.Module):
+    """alpha_j: x + up(dropout(gelu(down(x)))), with ``up`` zero-initialised so it starts as the identity.
+
+    Example:
+        >>> a = BlockAdapter(64, bottleneck=8)
+        >>> x = torch.randn(2, 5, 64)
+        >>> bool(torch.equal(a(x), x))
+        True
+    """
+
+    def __init__(self, width: int, bottleneck: int = 64, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.down = nn.Linear(width, bottleneck)
+        self.act = nn.GELU()
+        self.drop = nn.Dropout(dropout)
+        self.up = nn.Linear(bottleneck, width)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.up(self.drop(self.act(self.down(x))))
+
+    def as_hook(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        """Forward hook for the block it follows: replaces the block's output by ``self(output)``."""
+        return self(output)
