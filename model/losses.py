@@ -54,7 +54,7 @@ class FusionLoss(nn.Module):
         >>> out = {"anomaly_map": torch.full((2, 1, 4, 4), 0.5), "pred_score": torch.full((2,), 0.5)}
         >>> parts = loss(out, torch.zeros(2, 1, 4, 4))
         >>> round(parts.total.item(), 4)
-        0.2622
+        1.0622
     """
 
     def __init__(self, w_img: float = 1.0, w_seg: float = 1.0, gamma: float = 2.0, smooth: float = 1.0) -> None:
