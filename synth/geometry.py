@@ -1,0 +1,71 @@
+"""Small geometric helpers shared by masks and tasks: windows, rotations, shape matrices."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+Window = tuple[slice, ...]
+
+
+def window(lo, hi) -> Window:
+    """Slices from inclusive lower and exclusive upper corners."""
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+
+
+def grow(lo, hi, margin: int, shape) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Grow a box by ``margin`` pixels on every side, clipped to ``shape``."""
+    return (tuple(max(0, int(a) - margin) for a in lo),
+            tuple(min(int(n), int(b) + margin) for b, n in zip(hi, shape)))
+
+
+def bounding_box(mask: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """Inclusive-exclusive bounding box of a boolean array, or None when empty."""
+    lo, hi = [], []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        hits = np.flatnonzero(mask.any(axis=other))
+        if hits.size == 0:
+            return None
+        lo.append(int(hits[0]))
+        hi.append(int(hits[-1]) + 1)
+    return tuple(lo), tuple(hi)
+
+
+def rotation_2d(angle: float) -> np.ndarray:
+    """Rotation by ``angle`` radians in (y, x) coordinates."""
+    c, s = math.cos(angle), math.sin(angle)
+    return np.array([[c, -s], [s, c]])
+
+
+def axis_angle(axis, angle: float) -> np.ndarray:
+    """3x3 rotation about a unit ``axis`` (z, y, x) by ``angle`` radians (Rodrigues)."""
+    a = np.asarray(axis, dtype=np.float64)
+    a = a / np.linalg.norm(a)
+    k = np.array([[0, -a[2], a[1]], [a[2], 0, -a[0]], [-a[1], a[0], 0]])
+    return np.eye(3) + math.sin(angle) * k + (1 - math.cos(angle)) * (k @ k)
+
+
+def random_rotation(rng: np.random.Generator, ndim: int, max_angle: float = math.pi) -> np.ndarray:
+    """A random rotation: uniform angle in [-max_angle, max_angle] (2D) or about a uniform axis (3D)."""
+    angle = rng.uniform(-max_angle, max_angle)
+    if ndim == 2:
+        return rotation_2d(angle)
+    axis = rng.normal(size=3)
+    return axis_angle(axis / np.linalg.norm(axis), angle)
+
+
+def shape_matrix(semi_axes, rotation: np.ndarray, shear: np.ndarray) -> np.ndarray:
+    """``A = rotation @ shear @ diag(semi_axes)``: maps the unit ball/cube onto the shape."""
+    return rotation @ shear @ np.diag(np.asarray(semi_axes, dtype=np.float64))
+
+
+def half_extent(matrix: np.ndarray, box: bool) -> np.ndarray:
+    """Half-size per axis of the box that bounds the shape ``matrix`` maps the unit ball
+    (or, with ``box``, the unit cube) onto."""
+    return np.abs(matrix).sum(axis=1) if box else np.sqrt((matrix ** 2).sum(axis=1))
+
+
+def as_list(a) -> list:
+    """A numpy array or scalar as plain Python lists/floats (JSON-ready)."""
+    return np.asarray(a, dtype=np.float64).tolist()

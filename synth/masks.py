@@ -1,0 +1,239 @@
+"""Anomaly masks: binarised Perlin noise, ellipses and rectangles, with a foreground
+constraint. Sampling returns JSON-ready parameters; :func:`render` turns parameters
+back into the same mask, bit for bit, in any process."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import kernels
+from .config import MaskConfig
+from .geometry import as_list, grow, half_extent, random_rotation, shape_matrix, window
+
+SHAPE_KINDS = ("ellipse", "rectangle")
+MASK_KINDS = ("perlin",) + SHAPE_KINDS
+
+
+@dataclass
+class Lesion:
+    """A rendered anomaly mask: a boolean window of the image and where it sits."""
+
+    params: dict
+    mask: np.ndarray  # bool, the window
+    lo: tuple[int, ...]
+    hi: tuple[int, ...]
+
+    @property
+    def window(self):
+        return window(self.lo, self.hi)
+
+    @property
+    def centre(self) -> np.ndarray:
+        if "centre" in self.params:
+            return np.asarray(self.params["centre"])
+        return (np.asarray(self.lo) + np.asarray(self.hi) - 1) / 2.0
+
+
+# ----------------------------------------------------------------------------- rendering
+
+def _unrolled_table(table: np.ndarray, lattice, spatial_shape, rotation, lo, hi):
+    """Unroll a periodic gradient table over every lattice cell the rotated window
+    touches; returns (table, index of lattice coordinate 0 per axis)."""
+    ndim = len(spatial_shape)
+    size = np.asarray(spatial_shape, np.float64)
+    rot = np.asarray(rotation, np.float64) if ndim == 3 else np.array(
+        [[math.cos(rotation), -math.sin(rotation)], [math.sin(rotation), math.cos(rotation)]])
+    corners = np.array(np.meshgrid(*[(a, b) for a, b in zip(lo, hi)], indexing="ij")).reshape(ndim, -1).T
+    centred = corners - size / 2.0
+    coords = (centred @ rot.T + size / 2.0) * (np.asarray(lattice) / size)
+    first = np.floor(coords.min(axis=0)).astype(np.int64) - 1
+    last = np.floor(coords.max(axis=0)).astype(np.int64) + 2
+    period = table.shape[:ndim]
+    index = np.ix_(*[np.arange(f, e + 1) % p for f, e, p in zip(first, last, period)])
+    return np.ascontiguousarray(table[index]), -first
+
+
+def perlin_field(spatial_shape, lattice, rotation, noise_seed: int, lo=None, hi=None) -> np.ndarray:
+    """Perlin noise (float32) of the frame ``spatial_shape`` on the window [lo, hi).
+
+    The gradient table has period ``lattice + 1`` per axis and is drawn from
+    ``noise_seed``, so a 1-cell lattice is not degenerate and nothing repeats inside
+    the frame."""
+    ndim = len(spatial_shape)
+    lo = (0,) * ndim if lo is None else tuple(lo)
+    hi = tuple(spatial_shape) if hi is None else tuple(hi)
+    out = np.empty(tuple(b - a for a, b in zip(lo, hi)), np.float32)
+    period = tuple(int(r) + 1 for r in lattice)
+    g = np.random.default_rng(noise_seed)
+    if ndim == 2:
+        angle = g.uniform(0.0, 2.0 * math.pi, size=period)
+        table = np.stack([np.sin(angle), np.cos(angle)], axis=-1)
+        table, zero = _unrolled_table(table, lattice, spatial_shape, rotation, lo, hi)
+        kernels.perlin_2d(out, lo[0], lo[1], spatial_shape[0], spatial_shape[1], lattice[0], lattice[1],
+                          np.ascontiguousarray(table[..., 0]), np.ascontiguousarray(table[..., 1]),
+                          zero[0], zero[1], math.cos(rotation), math.sin(rotation))
+    else:
+        v = g.normal(size=period + (3,))
+        table, zero = _unrolled_table(v / np.linalg.norm(v, axis=-1, keepdims=True), lattice, spatial_shape,
+                                      rotation, lo, hi)
+        kernels.perlin_3d(out, np.array(lo, np.int64), np.array(spatial_shape, np.int64),
+                          np.array(lattice, np.int64), table, zero, np.asarray(rotation, np.float64))
+    return out
+
+
+def _render_perlin(params, spatial_shape, field=None):
+    if field is None:
+        field = perlin_field(spatial_shape, params["lattice"], params["rotation"], params["noise_seed"])
+    full = np.empty(field.shape, np.uint8)
+    view = full.reshape((1,) * (3 - full.ndim) + full.shape)
+    lo3 = np.empty(3, np.int64)
+    hi3 = np.empty(3, np.int64)
+    if kernels.threshold_box(field.reshape(view.shape), params["threshold"], view, lo3, hi3) == 0:
+        raise ValueError("perlin mask parameters render an empty mask")
+    lo = tuple(int(v) for v in lo3[3 - full.ndim:])
+    hi = tuple(int(v) for v in hi3[3 - full.ndim:])
+    return full.view(bool)[window(lo, hi)].copy(), lo, hi
+
+
+def _render_shape(params, spatial_shape):
+    matrix = np.asarray(params["matrix"], np.float64)
+    centre = np.asarray(params["centre"], np.float64)
+    box = params["kind"] == "rectangle"
+    ext = half_extent(matrix, box)
+    lo = tuple(max(0, int(math.floor(c - e))) for c, e in zip(centre, ext))
+    hi = tuple(min(n, int(math.ceil(c + e)) + 1) for c, e, n in zip(centre, ext, spatial_shape))
+    if any(b <= a for a, b in zip(lo, hi)):
+        raise ValueError("shape mask lies outside the image")
+    out = np.zeros(tuple(b - a for a, b in zip(lo, hi)), np.uint8)
+    inv = np.linalg.inv(matrix)
+    if len(spatial_shape) == 2:
+        kernels.shape_2d(out, lo[0], lo[1], centre[0], centre[1], inv, box)
+    else:
+        kernels.shape_3d(out, np.array(lo, np.float64), centre, inv, box)
+    return out.view(bool), lo, hi
+
+
+def render(params: dict, spatial_shape, field: np.ndarray | None = None) -> Lesion:
+    """Render mask parameters (as sampled) into a :class:`Lesion`; ``field`` is the Perlin
+    noise the parameters were drawn with, when the caller still has it."""
+    if params["kind"] == "perlin":
+        mask, lo, hi = _render_perlin(params, spatial_shape, field)
+    elif params["kind"] in SHAPE_KINDS:
+        mask, lo, hi = _render_shape(params, spatial_shape)
+    else:
+        raise ValueError(f"unknown mask kind {params['kind']!r}; expected one of {MASK_KINDS}")
+    return Lesion(params, mask, lo, hi)
+
+
+# ----------------------------------------------------------------------------- sampling
+
+def _foreground_fraction(lesion: Lesion, foreground) -> float:
+    if foreground is None:
+        return 1.0
+    inside = np.count_nonzero(foreground[lesion.window] & lesion.mask)
+    return inside / max(1, np.count_nonzero(lesion.mask))
+
+
+def random_foreground_point(rng, foreground: np.ndarray, points: list) -> np.ndarray:
+    """A uniform random anatomy pixel: rejection sampling (cheap while the anatomy is a fair
+    share of the image), else an index list built once per sample in ``points``."""
+    if not points:
+        for _ in range(32):
+            candidate = tuple(int(rng.integers(n)) for n in foreground.shape)
+            if foreground[candidate]:
+                return np.asarray(candidate, np.float64)
+        points.append(np.argwhere(foreground))
+    return points[0][rng.integers(len(points[0]))].astype(np.float64)
+
+
+def _random_centre(rng, spatial_shape, foreground, points):
+    if foreground is None:
+        return np.array([rng.uniform(0, n - 1) for n in spatial_shape])
+    return random_foreground_point(rng, foreground, points) + rng.uniform(-0.5, 0.5, size=len(spatial_shape))
+
+
+def _sample_shape(rng, kind, spatial_shape, cfg: MaskConfig, centre, scale):
+    ndim = len(spatial_shape)
+    extent = cfg.size_base + rng.gamma(cfg.size_gamma_shape, cfg.size_gamma_scale, size=ndim)
+    extent = np.clip(extent, cfg.size_min, cfg.size_max) * np.asarray(spatial_shape) * scale
+    semi = np.maximum(extent / 2.0, 1.0)
+    shear = np.eye(ndim)
+    for i in range(ndim):
+        for j in range(i + 1, ndim):
+            shear[i, j] = rng.uniform(-cfg.shear, cfg.shear)
+    matrix = shape_matrix(semi, random_rotation(rng, ndim), shear)
+    return {"kind": kind, "centre": as_list(centre), "matrix": as_list(matrix)}
+
+
+def _sample_perlin(rng, spatial_shape, cfg: MaskConfig):
+    ndim = len(spatial_shape)
+    lattice = [int(2 ** rng.integers(cfg.perlin_min_exponent, cfg.perlin_max_exponent + 1)) for _ in range(ndim)]
+    rotation = float(rng.uniform(-math.pi, math.pi)) if ndim == 2 else as_list(random_rotation(rng, 3))
+    params = {"kind": "perlin", "lattice": lattice, "rotation": rotation,
+              "noise_seed": int(rng.integers(2 ** 63))}
+    field = perlin_field(spatial_shape, lattice, rotation, params["noise_seed"])
+    lo_cov, hi_cov = cfg.perlin_coverage
+    for _ in range(cfg.threshold_tries):
+        threshold = float(rng.uniform(*cfg.perlin_threshold))
+        coverage = kernels.count_above(field, threshold) / field.size
+        if lo_cov <= coverage <= hi_cov:
+            params["threshold"] = threshold
+            return params, field
+    return None, None
+
+
+def _deepest_point_shape(foreground, spatial_shape):
+    """Fallback: the largest ellipse centred on the deepest foreground point (fully inside)."""
+    import scipy.ndimage as ndi  # only on this rare path
+
+    depth = ndi.distance_transform_edt(foreground)
+    point = np.unravel_index(int(np.argmax(depth)), depth.shape)
+    radius = max(0.5, float(depth[point]) - 1.0)
+    return {"kind": "ellipse", "centre": as_list(np.asarray(point, np.float64)),
+            "matrix": as_list(np.eye(len(spatial_shape)) * radius)}
+
+
+def sample_lesions(rng: np.random.Generator, spatial_shape, foreground, cfg: MaskConfig,
+                   kinds: dict[str, float], count: int) -> list[Lesion]:
+    """Sample ``count`` anomaly masks. ``kinds`` weights the mask kinds; each mask has at
+    least ``cfg.foreground_fraction`` of its pixels on ``foreground`` (when given)."""
+    names = [k for k, w in kinds.items() if w > 0]
+    weights = np.array([kinds[k] for k in names], np.float64)
+    weights /= weights.sum()
+    points: list = []
+    lesions = []
+    for _ in range(count):
+        lesion = None
+        for attempt in range(cfg.max_tries):
+            kind = names[int(rng.choice(len(names), p=weights))]
+            field = None
+            if kind == "perlin":
+                params, field = _sample_perlin(rng, spatial_shape, cfg)
+                if params is None:
+                    continue
+            else:
+                centre = _random_centre(rng, spatial_shape, foreground, points)
+                params = _sample_shape(rng, kind, spatial_shape, cfg, centre, cfg.retry_shrink ** attempt)
+            candidate = render(params, spatial_shape, field)
+            if _foreground_fraction(candidate, foreground) >= cfg.foreground_fraction:
+                lesion = candidate
+                break
+        if lesion is None:
+            if foreground is None:
+                raise ValueError("could not sample an anomaly mask within the configured coverage range")
+            lesion = render(_deepest_point_shape(foreground, spatial_shape), spatial_shape)
+        lesions.append(lesion)
+    return lesions
+
+
+def union(lesions: list[Lesion], spatial_shape) -> np.ndarray:
+    """The union of the lesions' masks as a float32 image in {0, 1}."""
+    out = np.zeros(spatial_shape, np.float32)
+    for lesion in lesions:
+        out[lesion.window][lesion.mask] = 1.0
+    return out
+
+
+__all__ = ["Lesion", "MASK_KINDS", "grow", "perlin_field", "render", "sample_lesions", "union"]

@@ -1,0 +1,81 @@
+"""What every task shares: the sampling context and the per-lesion loop.
+
+A task has two steps. ``sample`` draws a JSON-ready parameter dict from a numpy
+Generator (everything random, down to the seeds of noise fields, is in it);
+``apply`` turns an image and those parameters into the anomalous image and its
+mask, deterministically. Masks rendered while sampling are handed to ``apply``
+through the context so they are not rendered twice.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+from ..config import SynthesisConfig
+from ..masks import Lesion, render, sample_lesions
+
+
+@dataclass
+class Context:
+    """What a task may look at besides the image and its parameters."""
+
+    config: SynthesisConfig
+    spatial_shape: tuple[int, ...]
+    foreground: np.ndarray | None = None  # bool, spatial shape
+    source: np.ndarray | None = None  # (C, *spatial) float32; None means the image itself
+    lesions: list[Lesion] | None = None  # rendered while sampling (a cache, never required)
+    _scale: float = field(init=False, default=1.0)
+
+    def __post_init__(self):
+        self._scale = min(self.spatial_shape) / float(self.config.reference_size)
+
+    @property
+    def scale(self) -> float:
+        """Pixels at this image size per pixel at the reference size (224)."""
+        return self._scale
+
+
+def uniform(rng: np.random.Generator, bounds) -> float:
+    return float(rng.uniform(bounds[0], bounds[1]))
+
+
+class Task:
+    """Base class: one lesion loop around ``sample_lesion``/``apply_lesion``."""
+
+    name: ClassVar[str] = ""
+    # mask kinds this task uses; None means the configured mix
+    mask_kinds: ClassVar[dict[str, float] | None] = None
+
+    def sample(self, rng: np.random.Generator, image: np.ndarray, ctx: Context) -> dict:
+        count = int(rng.integers(1, ctx.config.max_anomalies + 1))
+        lesions = self.sample_masks(rng, count, ctx)
+        ctx.lesions = lesions
+        return {"lesions": [{"mask": lesion.params, **self.sample_lesion(rng, image, lesion, ctx)}
+                            for lesion in lesions]}
+
+    def sample_masks(self, rng, count: int, ctx: Context) -> list[Lesion]:
+        kinds = self.mask_kinds if self.mask_kinds is not None else dict(ctx.config.mask.kinds)
+        return sample_lesions(rng, ctx.spatial_shape, ctx.foreground, ctx.config.mask, kinds, count)
+
+    def apply(self, image: np.ndarray, params: dict, ctx: Context) -> tuple[np.ndarray, np.ndarray]:
+        out = image.astype(np.float32, copy=True)
+        mask = np.zeros(ctx.spatial_shape, np.float32)
+        for i, lesion_params in enumerate(params["lesions"]):
+            lesion = ctx.lesions[i] if ctx.lesions else render(lesion_params["mask"], ctx.spatial_shape)
+            self.apply_lesion(out, lesion, lesion_params, ctx, mask)
+        np.clip(out, 0.0, 1.0, out=out)
+        return out, mask
+
+    def sample_lesion(self, rng, image, lesion: Lesion, ctx: Context) -> dict:
+        raise NotImplementedError
+
+    def apply_lesion(self, out: np.ndarray, lesion: Lesion, params: dict, ctx: Context, mask: np.ndarray) -> None:
+        """Modify ``out`` (C, *spatial) in place and mark the anomaly in ``mask``."""
+        raise NotImplementedError
+
+
+def mark(mask: np.ndarray, lesion: Lesion) -> None:
+    """Set the lesion's pixels in the full-size ``mask``."""
+    mask[lesion.window][lesion.mask] = 1.0

@@ -1,0 +1,149 @@
+"""Deformation anomalies: source/sink deformation and its enhanced variant, a guided
+deformation that respects the anatomy."""
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+from .. import kernels
+from ..geometry import as_list, grow, random_rotation, shape_matrix, window
+from ..masks import Lesion, random_foreground_point, render
+from ..profiles import organ_profile
+from .base import Context, Task, mark, uniform
+
+# Bilinear (trilinear) sampling reads up to sqrt(3) px from the sampling point: keeping
+# |u(p)| <= distance_to_background(p) - 1.75 keeps every value read inside the anatomy.
+ROOM_MARGIN = 1.75
+
+
+def _warp(out, lesion: Lesion, mode: int, alpha: float, k: float, stiffness: float, room) -> np.ndarray:
+    """Warp every channel of ``out`` on the lesion window; returns the moved-pixel window."""
+    centre = np.asarray(lesion.params["centre"], np.float64)
+    inv = np.linalg.inv(np.asarray(lesion.params["matrix"], np.float64))
+    changed = np.zeros(lesion.mask.shape, np.uint8)
+    room = np.zeros((0,) * lesion.mask.ndim, np.float32) if room is None else room
+    for c in range(out.shape[0]):
+        src = out[c].copy()
+        dst = np.empty(lesion.mask.shape, np.float32)
+        if lesion.mask.ndim == 2:
+            kernels.radial_warp_2d(src, dst, changed, lesion.lo[0], lesion.lo[1], centre[0], centre[1], inv,
+                                   mode, alpha, k, stiffness, room, ROOM_MARGIN)
+        else:
+            kernels.radial_warp_3d(src, dst, changed, np.array(lesion.lo, np.float64), centre, inv, mode,
+                                   alpha, k, stiffness, room, ROOM_MARGIN)
+        out[c][lesion.window] = dst
+    return changed.view(bool)
+
+
+class SourceDeformation(Task):
+    """Push tissue radially away from a centre inside an ellipse (source), or pull it in
+    (sink): a pixel at normalised radius d samples radius d ** alpha, alpha = 2 ** U(0.5, 2)
+    (its inverse for a sink)."""
+
+    name = "source_deformation"
+    mask_kinds = {"ellipse": 1.0}
+
+    def sample_lesion(self, rng, image, lesion, ctx: Context) -> dict:
+        cfg = ctx.config
+        strength = float(2.0 ** uniform(rng, cfg.source_exponent))
+        sink = bool(rng.random() < cfg.sink_probability)
+        return {"direction": "sink" if sink else "source", "strength": strength}
+
+    def apply_lesion(self, out, lesion, params, ctx, mask) -> None:
+        alpha = params["strength"] if params["direction"] == "source" else 1.0 / params["strength"]
+        _warp(out, lesion, kernels.SOURCE, alpha, 0.0, 1.0, None)
+        mark(mask, lesion)
+
+
+def _peak_of_profile(stiffness: float) -> float:
+    """max over d in [0, 1] of d * (1 - d^2) ** stiffness (displacement per unit k and radius)."""
+    d = 1.0 / math.sqrt(1.0 + 2.0 * stiffness)
+    return d * (1.0 - d * d) ** stiffness
+
+
+class GuidedDeformation(Task):
+    """A smooth mass effect u(p) = -k (1 - d^2)^s (p - c) centred inside the anatomy, with
+    radius, stiffness s and maximum displacement from the modality's organ profile. The
+    field never folds (k < 1) and is bounded by the distance to the anatomy's edge, so no
+    tissue is pulled across it. The mask marks the pixels that moved."""
+
+    name = "guided_deformation"
+
+    def sample_masks(self, rng, count: int, ctx: Context) -> list[Lesion]:
+        organ = organ_profile(ctx.config.modality)
+        ndim = len(ctx.spatial_shape)
+        side = min(ctx.spatial_shape)
+        points: list = []
+        lesions = []
+        for _ in range(count):
+            if ctx.foreground is None:
+                centre = np.array([uniform(rng, (0, n - 1)) for n in ctx.spatial_shape])
+            else:
+                centre = _deep_point(rng, ctx.foreground, points)
+            radius = uniform(rng, organ["radius"]) * side
+            semi = radius * rng.uniform(0.75, 1.25, size=ndim)
+            matrix = shape_matrix(semi, random_rotation(rng, ndim), np.eye(ndim))
+            lesions.append(render({"kind": "ellipse", "centre": as_list(centre), "matrix": as_list(matrix)},
+                                  ctx.spatial_shape))
+        return lesions
+
+    def sample_lesion(self, rng, image, lesion, ctx: Context) -> dict:
+        organ = organ_profile(ctx.config.modality)
+        stiffness = uniform(rng, organ["stiffness"])
+        max_displacement = uniform(rng, organ["max_displacement"]) * min(ctx.spatial_shape)
+        longest = float(np.sqrt((np.asarray(lesion.params["matrix"]) ** 2).sum(axis=0)).max())
+        k = min(0.9, max_displacement / (longest * _peak_of_profile(stiffness)))
+        return {"organ": organ["organ"], "stiffness": stiffness, "k": k, "max_displacement": max_displacement,
+                "bounded_by_foreground": ctx.foreground is not None}
+
+    def apply_lesion(self, out, lesion, params, ctx, mask) -> None:
+        room = None
+        if params["bounded_by_foreground"]:
+            if ctx.foreground is None:
+                raise ValueError("this guided_deformation record was sampled with a foreground mask; "
+                                 "pass the same foreground to replay it")
+            room = _room(ctx.foreground, lesion, params["max_displacement"])
+        changed = _warp(out, lesion, kernels.GUIDED, 1.0, params["k"], params["stiffness"], room)
+        mask[lesion.window][changed] = 1.0
+
+
+# A centre whose cube of this half-size is all anatomy is more than this far from the
+# background, so its neighbours have room to move and the anomaly is never empty.
+CENTRE_DEPTH = 4
+
+
+def _deep_point(rng, foreground: np.ndarray, points: list, tries: int = 32) -> np.ndarray:
+    """A random anatomy point at least CENTRE_DEPTH px from the background."""
+    r = CENTRE_DEPTH
+    for _ in range(tries):
+        point = random_foreground_point(rng, foreground, points).astype(np.int64)
+        box = tuple(slice(max(0, int(c) - r), int(c) + r + 1) for c in point)
+        if all(int(c) - r >= 0 and int(c) + r < n for c, n in zip(point, foreground.shape)) \
+                and foreground[box].all():
+            return point.astype(np.float64)
+    import scipy.ndimage as ndi  # rare path: thin anatomy
+
+    depth = ndi.distance_transform_edt(np.pad(foreground, 1))[(slice(1, -1),) * foreground.ndim]
+    deepest = np.unravel_index(int(np.argmax(depth)), depth.shape)
+    if depth[deepest] <= ROOM_MARGIN + 1.0:
+        raise ValueError("the foreground is too thin for a guided deformation (no point is more than "
+                         f"{ROOM_MARGIN + 1.0} px from the background)")
+    return np.asarray(deepest, np.float64)
+
+
+def _room(foreground: np.ndarray, lesion: Lesion, max_displacement: float) -> np.ndarray:
+    """Distance to the nearest background pixel on the lesion window. Computed on a window
+    grown by more than any displacement, which is all the accuracy the bound needs."""
+    margin = int(math.ceil(max_displacement + ROOM_MARGIN)) + 2
+    lo, hi = grow(lesion.lo, lesion.hi, margin, foreground.shape)
+    fg = np.ascontiguousarray(foreground[window(lo, hi)], dtype=np.uint8)
+    if fg.ndim == 2:
+        dist = cv2.distanceTransform(fg, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    else:
+        import scipy.ndimage as ndi
+
+        dist = ndi.distance_transform_edt(fg).astype(np.float32)
+    inner = tuple(slice(a - b, a - b + n) for a, b, n in zip(lesion.lo, lo, lesion.mask.shape))
+    return np.ascontiguousarray(dist[inner], dtype=np.float32)

@@ -1,0 +1,81 @@
+"""Structural anomalies: CutPaste (hard paste) and its enhanced variant, Poisson blending."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import kernels
+from ..blend import solve_window
+from ..geometry import as_list, grow, random_rotation, window
+from .base import Context, Task, mark, uniform
+
+
+def _source_sampler(params: dict, lesion_centre: np.ndarray, ndim: int):
+    """The affine map from image position p to source position: s = matrix @ p + offset."""
+    rot = np.asarray(params["rotation"], np.float64)
+    matrix = rot.T / params["scale"]
+    offset = np.asarray(params["source_centre"], np.float64) - matrix @ lesion_centre
+    return matrix, offset
+
+
+def _warp_source(source_channel: np.ndarray, lo, hi, matrix, offset) -> np.ndarray:
+    out = np.empty(tuple(b - a for a, b in zip(lo, hi)), np.float32)
+    if source_channel.ndim == 2:
+        kernels.affine_sample_2d(source_channel, out, lo[0], lo[1], matrix, offset)
+    else:
+        kernels.affine_sample_3d(source_channel, out, np.array(lo, np.float64), matrix, offset)
+    return out
+
+
+class CutPaste(Task):
+    """Paste a rotated, scaled patch of a normal image (another one, or the same) hard
+    inside the mask."""
+
+    name = "cutpaste"
+
+    def sample_lesion(self, rng, image, lesion, ctx: Context) -> dict:
+        cfg = ctx.config
+        ndim = len(ctx.spatial_shape)
+        scale = float(math.exp(rng.uniform(math.log(cfg.cutpaste_scale[0]), math.log(cfg.cutpaste_scale[1]))))
+        rotation = random_rotation(rng, ndim, math.radians(cfg.cutpaste_max_rotation_deg))
+        reach = (np.asarray(lesion.hi) - np.asarray(lesion.lo)) / 2.0 / scale * math.sqrt(ndim)
+        source_shape = ctx.spatial_shape
+        centre = [uniform(rng, (r, n - 1 - r)) if n - 1 - r > r else (n - 1) / 2.0
+                  for r, n in zip(reach, source_shape)]
+        return {"source_centre": centre, "rotation": as_list(rotation), "scale": scale}
+
+    def _patch(self, out, lesion, params, ctx, lo, hi, channel):
+        source = out if ctx.source is None else ctx.source
+        matrix, offset = _source_sampler(params, lesion.centre, lesion.mask.ndim)
+        return _warp_source(np.ascontiguousarray(source[channel]), lo, hi, matrix, offset)
+
+    def apply_lesion(self, out, lesion, params, ctx, mask) -> None:
+        # read every channel's patch before writing: with a self-source, the paste must
+        # not see its own output
+        patches = [self._patch(out, lesion, params, ctx, lesion.lo, lesion.hi, c) for c in range(out.shape[0])]
+        for c, patch in enumerate(patches):
+            out[c][lesion.window][lesion.mask] = patch[lesion.mask]
+        mark(mask, lesion)
+
+
+class Poisson(CutPaste):
+    """Blend the same kind of patch seamlessly: solve the exact masked Poisson problem with
+    the patch's gradients (or mixed gradients) as guidance and the image on the boundary."""
+
+    name = "poisson"
+
+    def sample_lesion(self, rng, image, lesion, ctx: Context) -> dict:
+        params = super().sample_lesion(rng, image, lesion, ctx)
+        params["mixed"] = bool(rng.random() < ctx.config.poisson_mixed_probability)
+        return params
+
+    def apply_lesion(self, out, lesion, params, ctx, mask) -> None:
+        lo, hi = grow(lesion.lo, lesion.hi, 1, ctx.spatial_shape)
+        win = window(lo, hi)
+        local = np.zeros(tuple(b - a for a, b in zip(lo, hi)), bool)
+        local[tuple(slice(a - b, a - b + n) for a, b, n in zip(lesion.lo, lo, lesion.mask.shape))] = lesion.mask
+        guides = [self._patch(out, lesion, params, ctx, lo, hi, c) for c in range(out.shape[0])]
+        for c, guide in enumerate(guides):
+            out[c][win] = solve_window(out[c][win], guide, local, params["mixed"])
+        mark(mask, lesion)
