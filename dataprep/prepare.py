@@ -1,0 +1,309 @@
+"""``prepare``: a raw dataset as downloaded -> the prepared layout.
+
+::
+
+    PREPARED/
+      prepare.json          settings of the run (a resumed run must use the same ones)
+      images/<id>.png       16-bit grey, the image in [0, 1] times 65535, size x size
+      masks/<id>.png        8-bit, 0 / 255 (only where the raw data has pixel labels)
+      foreground/<id>.png   8-bit, 0 / 255, the anatomy mask
+      items/<unit>.json     one per raw unit: its records and skips; written last, atomically
+      index.jsonl           one record per prepared image, sorted by id
+      skipped.jsonl         every raw file that was not used, with the reason
+      card.json             counts per split and label, sizes, exclusions, skips
+
+Every output is written to a temporary file and moved into place with ``os.replace``;
+an ``items/<unit>.json`` exists only when all of that unit's images are complete, so an
+interrupted run resumes by skipping units that have one, and the index is assembled
+from those files at the end (never appended to), so nothing is duplicated.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import sys
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .brats import index_brats
+from .chexpert import index_chexpert
+from .datasets import index_brainmri, index_busi, index_folder, index_mediclip, index_mvfa
+from .dictionary import ResizeKeepAspectd
+from .indexing import RawIndex, RawUnit, Skip, unique_ids
+from .io import ReadError, atomic_write_bytes, content_hash, read_image, to_uint16, write_png
+from .modality import PipelineConfig, modality_pipeline, volume_to_slices
+
+FORMAT_VERSION = 1
+INDEXERS: dict[str, Callable[..., RawIndex]] = {
+    "brainmri": index_brainmri, "busi": index_busi, "chexpert": index_chexpert, "brats": index_brats,
+    "mediclip": index_mediclip, "mvfa": index_mvfa, "folder": index_folder,
+}
+
+
+class PrepareError(Exception):
+    """prepare cannot produce a usable dataset (message says why and where to look)."""
+
+
+def skip_category(reason: str) -> str:
+    """The reason without its file-specific detail, for counting in the card."""
+    return reason.split(" (")[0].split(":")[0].strip()
+
+
+# ---------------------------------------------------------------- one unit (runs in a worker)
+
+_PIPELINES: dict[tuple[str, int, bool], Any] = {}
+
+
+def _pipeline(modality: str, size: int, clahe: bool) -> Any:
+    key = (modality, size, clahe)
+    if key not in _PIPELINES:
+        _PIPELINES[key] = modality_pipeline(modality, PipelineConfig(size=size, clahe=clahe))
+    return _PIPELINES[key]
+
+
+def _squeeze2d(arr: np.ndarray, path: str) -> np.ndarray:
+    squeezed = np.squeeze(arr)
+    if squeezed.ndim != 2:
+        raise ReadError(path, f"unexpected dimensionality (shape {arr.shape}; expected a 2D image)")
+    return squeezed
+
+
+def _write_item(out: Path, item_id: str, d: dict[str, Any]) -> dict[str, Any]:
+    pixels = to_uint16(d["image"][0])
+    write_png(out / "images" / f"{item_id}.png", pixels)
+    write_png(out / "foreground" / f"{item_id}.png", (d["foreground"][0] > 0.5).astype(np.uint8) * 255)
+    mask = d.get("gt_mask")
+    if mask is not None:
+        write_png(out / "masks" / f"{item_id}.png", (mask[0] > 0.5).astype(np.uint8) * 255)
+    return {"image": f"images/{item_id}.png", "mask": f"masks/{item_id}.png" if mask is not None else None,
+            "foreground": f"foreground/{item_id}.png", "sha256": content_hash(pixels)}
+
+
+def _prepare_image(unit: RawUnit, out: Path, size: int) -> list[dict[str, Any]]:
+    data = read_image(unit.image)
+    image = _squeeze2d(data.array, unit.image)
+    d: dict[str, Any] = {"image": image[None]}
+    if unit.masks:
+        union = np.zeros(image.shape, bool)
+        for mpath in unit.masks:
+            mask = _squeeze2d(read_image(mpath, apply_window=False).array, mpath)
+            if mask.shape != image.shape:
+                raise ReadError(mpath, f"mask size differs from image: mask {mask.shape}, image {image.shape} "
+                                       f"({Path(unit.image).name})")
+            union |= mask > 0
+        d["gt_mask"] = union[None].astype(np.float32)
+    d = _pipeline(unit.modality, size, bool(unit.options.get("clahe", False)))(d)
+    has_lesion = d.get("gt_mask") is not None and bool(d["gt_mask"].any())
+    record = {"id": unit.uid, "split": unit.split, "label": int(unit.label or 0), "source": unit.image,
+              "mask_sources": list(unit.masks), "modality": unit.modality,
+              "original_size": list(image.shape), "has_lesion": has_lesion}
+    record.update(_write_item(out, unit.uid, d))
+    return [record]
+
+
+def _prepare_volume(unit: RawUnit, out: Path, size: int) -> list[dict[str, Any]]:
+    vol = read_image(unit.image).array
+    seg = read_image(unit.masks[0]).array
+    for name, arr in (("volume", vol), ("segmentation", seg)):
+        if arr.ndim not in (3, 4) or (arr.ndim == 4 and arr.shape[3] != 1 and name == "segmentation"):
+            raise ReadError(unit.image, f"unexpected dimensionality ({name} shape {arr.shape}; expected 3D)")
+    vol = vol[..., 0] if vol.ndim == 4 else vol  # 4D: the first volume of the series
+    seg = seg[..., 0] if seg.ndim == 4 else seg
+    if seg.shape != vol.shape:
+        raise ReadError(unit.masks[0], f"mask size differs from image: segmentation {seg.shape}, volume {vol.shape}")
+    resize = ResizeKeepAspectd(size=size)
+    records = []
+    for sl in volume_to_slices(vol, seg, min_brain_fraction=unit.options.get("min_brain_fraction", 0.1)):
+        d = resize({"image": sl.image, "gt_mask": sl.gt_mask, "foreground": sl.foreground})
+        label = int(d["gt_mask"].any())
+        item_id = f"{unit.uid}_z{sl.index:03d}"
+        record = {"id": item_id, "split": unit.split, "label": label, "source": unit.image,
+                  "mask_sources": list(unit.masks), "modality": unit.modality, "slice": sl.index,
+                  "brain_fraction": round(sl.brain_fraction, 4), "original_size": list(sl.image.shape[1:]),
+                  "has_lesion": bool(label)}
+        record.update(_write_item(out, item_id, d))
+        records.append(record)
+    return records
+
+
+def process_unit(unit: RawUnit, out: str | Path, size: int) -> dict[str, Any]:
+    """Prepare one unit and write its ``items/<uid>.json``; bad input becomes a skip."""
+    out = Path(out)
+    try:
+        fn = _prepare_volume if unit.kind == "volume" else _prepare_image
+        result: dict[str, Any] = {"uid": unit.uid, "records": fn(unit, out, size), "skipped": []}
+    except ReadError as exc:
+        result = {"uid": unit.uid, "records": [], "skipped": [Skip(exc.path, exc.reason).to_json()]}
+    except Exception as exc:  # one odd file must not end a run of thousands; it is reported instead
+        result = {"uid": unit.uid, "records": [],
+                  "skipped": [Skip(unit.image, f"unexpected error ({type(exc).__name__}: {exc})").to_json()]}
+    atomic_write_bytes(out / "items" / f"{unit.uid}.json", json.dumps(result).encode())
+    return result
+
+
+def _init_worker() -> None:
+    # One thread per process: parallelism comes from processes; nested pools only contend.
+    import cv2
+
+    cv2.setNumThreads(1)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
+
+
+def _run(args: tuple[RawUnit, str, int]) -> str:
+    process_unit(*args)
+    return args[0].uid
+
+
+# ---------------------------------------------------------------- the whole run
+
+
+def _settings(name: str, size: int, options: dict[str, Any]) -> dict[str, Any]:
+    return {"format_version": FORMAT_VERSION, "dataset": name, "size": int(size),
+            "options": {k: options[k] for k in sorted(options)}}
+
+
+def _check_settings(out: Path, settings: dict[str, Any]) -> None:
+    path = out / "prepare.json"
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        if {k: previous.get(k) for k in settings} != settings:
+            raise PrepareError(f"{out}: prepared earlier with other settings ({path.name}: {previous}); "
+                               f"use a fresh --out folder or the same settings")
+    else:
+        atomic_write_bytes(path, json.dumps(settings, indent=2).encode())
+
+
+def _clean_temporaries(out: Path) -> None:
+    for sub in ("images", "masks", "foreground", "items"):
+        for tmp in (out / sub).glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
+def _pool_context() -> Any:
+    # fork shares the already imported MONAI/torch; spawn would re-import them per worker (seconds).
+    return mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context("spawn")
+
+
+def prepare_dataset(name: str, root: str | Path, out: str | Path, *, size: int = 224, workers: int = 1,
+                    strict: bool = False, options: dict[str, Any] | None = None,
+                    on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Prepare dataset ``name`` from ``root`` into ``out``; returns the card.
+
+    Example:
+        >>> card = prepare_dataset("brainmri", "raw/brain", "prepared/brainmri", workers=2)  # doctest: +SKIP
+        >>> card["counts"]["test"]                                                           # doctest: +SKIP
+        {'normal': 65, 'abnormal': 155, 'total': 220}
+    """
+    if name not in INDEXERS:
+        raise PrepareError(f"unknown dataset {name!r}; choose from {', '.join(sorted(INDEXERS))}")
+    if not Path(root).is_dir():
+        raise PrepareError(f"{root}: raw data folder not found")
+    options = dict(options or {})
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_settings(out, _settings(name, size, options))
+    _clean_temporaries(out)
+    index = INDEXERS[name](root, **options)
+    unique_ids(index.units)
+    done = {p.stem for p in (out / "items").glob("*.json")}
+    pending = [u for u in index.units if u.uid not in done]
+    total, finished = len(index.units), len(index.units) - len(pending)
+    if on_progress:
+        on_progress(finished, total)
+    jobs = [(u, str(out), int(size)) for u in pending]
+    if workers > 1 and len(jobs) > 1:
+        chunk = max(1, min(16, len(jobs) // (workers * 8)))
+        with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context(), initializer=_init_worker) as ex:
+            for _ in ex.map(_run, jobs, chunksize=chunk):
+                finished += 1
+                if on_progress:
+                    on_progress(finished, total)
+    else:
+        for job in jobs:
+            _run(job)
+            finished += 1
+            if on_progress:
+                on_progress(finished, total)
+    return _assemble(out, index, name, size, options, strict)
+
+
+def _assemble(out: Path, index: RawIndex, name: str, size: int, options: dict[str, Any],
+              strict: bool) -> dict[str, Any]:
+    """Index, skip report and card from the finished units of this index (stale ones ignored)."""
+    records: list[dict[str, Any]] = []
+    skipped = [s.to_json() for s in index.skipped]
+    for unit in index.units:
+        result = json.loads((out / "items" / f"{unit.uid}.json").read_text())
+        records += result["records"]
+        skipped += result["skipped"]
+    root = Path(index.root).resolve()
+    for entry in records + skipped:  # paths relative to the raw root: the prepared set can move
+        for key in ("source", "path"):
+            if key in entry:
+                entry[key] = _relative(entry[key], root)
+        if "mask_sources" in entry:
+            entry["mask_sources"] = [_relative(m, root) for m in entry["mask_sources"]]
+    records.sort(key=lambda r: r["id"])
+    ids = [r["id"] for r in records]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i, c in Counter(ids).items() if c > 1)
+        raise PrepareError(f"{out}: duplicate prepared id {dup!r}")
+    atomic_write_bytes(out / "index.jsonl", "".join(json.dumps(r) + "\n" for r in records).encode())
+    atomic_write_bytes(out / "skipped.jsonl", "".join(json.dumps(s) + "\n" for s in skipped).encode())
+    counts: dict[str, Any] = {}
+    for split in ("train", "test"):
+        rs = [r for r in records if r["split"] == split]
+        counts[split] = {"normal": sum(r["label"] == 0 for r in rs), "abnormal": sum(r["label"] == 1 for r in rs),
+                         "with_mask": sum(r["mask"] is not None for r in rs), "total": len(rs)}
+    counts["total"] = len(records)
+    card = {
+        **_settings(name, size, options), "root": str(root),
+        "image_format": "PNG, 16-bit grey: value / 65535 is the image in [0, 1]",
+        "mask_format": "PNG, 8-bit: 255 lesion / anatomy, 0 elsewhere",
+        "content_hash": "sha256 of the 16-bit pixel array (C order, little endian) at the working size",
+        "counts": counts, "raw_units": len(index.units), "excluded": dict(sorted(index.excluded.items())),
+        "skipped": {"count": len(skipped), "by_reason": dict(sorted(Counter(skip_category(s["reason"])
+                                                                            for s in skipped).items())),
+                    "report": "skipped.jsonl"},
+        "notes": index.notes,
+    }
+    atomic_write_bytes(out / "card.json", json.dumps(card, indent=2, default=_jsonable).encode())
+    if not records:
+        raise PrepareError(f"{out}: nothing usable remains: {len(skipped)} files skipped "
+                           f"(see {out / 'skipped.jsonl'})")
+    if strict and skipped:
+        first = skipped[0]
+        raise PrepareError(f"--strict: {len(skipped)} files skipped, first {first['path']}: {first['reason']} "
+                           f"(all in {out / 'skipped.jsonl'})")
+    return card
+
+
+def _relative(path: str, root: Path) -> str:
+    try:
+        return Path(path).resolve().relative_to(root).as_posix()
+    except ValueError:  # outside the root (e.g. CheXpert paths resolved against its parent)
+        return str(Path(path).resolve())
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "__dataclass_fields__"):
+        return asdict(obj)
+    if isinstance(obj, (np.integer, np.floating)):
+        return obj.item()
+    return str(obj)
+
+
+def read_index(prepared: str | Path) -> list[dict[str, Any]]:
+    """The records of a prepared dataset's ``index.jsonl``."""
+    path = Path(prepared) / "index.jsonl"
+    if not path.is_file():
+        raise PrepareError(f"{path}: not found (is {prepared} a prepared dataset? run `fmclip prepare` first)")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
