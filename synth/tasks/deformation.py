@@ -31,7 +31,7 @@ def _warp(out, lesion: Lesion, mode: int, alpha: float, k: float, stiffness: flo
             kernels.radial_warp_2d(src, dst, changed, lesion.lo[0], lesion.lo[1], centre[0], centre[1], inv,
                                    mode, alpha, k, stiffness, room, ROOM_MARGIN)
         else:
-            kernels.radial_warp_3d(src, dst, changed, np.array(lesion.lo, np.float64), centre, inv, mode,
+            kernels.radial_warp_3d(src, dst, changed, np.array(lesion.lo, np.int64), centre, inv, mode,
                                    alpha, k, stiffness, room, ROOM_MARGIN)
         out[c][lesion.window] = dst
     return changed.view(bool)
