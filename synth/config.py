@@ -35,8 +35,9 @@ class MaskConfig:
     kinds: tuple[tuple[str, float], ...] = (("perlin", 0.5), ("ellipse", 0.25), ("rectangle", 0.25))
     perlin_min_exponent: int = 0  # lattice 2 ** U{min..max} cells per axis
     perlin_max_exponent: int = 5
-    perlin_threshold: tuple[float, float] = (0.15, 0.45)
-    perlin_coverage: tuple[float, float] = (0.005, 0.2)  # accepted fraction of the image
+    perlin_threshold: tuple[float, float] = (0.0, 0.3)
+    perlin_coverage: tuple[float, float] = (0.25, 0.9)  # accepted fraction of the envelope
+    perlin_envelope: float = 0.35  # weight of the (1 - d^2) envelope added to the noise
     threshold_tries: int = 4
     size_base: float = 0.03  # extent = (base + Gamma(shape, scale)) * side, clipped
     size_gamma_shape: float = 2.0

@@ -1,5 +1,8 @@
 """Anomaly masks: binarised Perlin noise, ellipses and rectangles, with a foreground
-constraint. Sampling returns JSON-ready parameters; :func:`render` turns parameters
+constraint. A Perlin lesion is the image-wide Perlin field (lattice 2^U{0..5} cells
+per axis, rotated) thresholded inside an elliptical envelope of the same size rule
+as the shapes: irregular like DRAEM's masks, but one compact lesion whose cost
+scales with its size. Sampling returns JSON-ready parameters; :func:`render` turns parameters
 back into the same mask, bit for bit, in any process."""
 from __future__ import annotations
 
@@ -83,30 +86,57 @@ def perlin_field(spatial_shape, lattice, rotation, noise_seed: int, lo=None, hi=
     return out
 
 
-def _render_perlin(params, spatial_shape, field=None):
-    if field is None:
-        field = perlin_field(spatial_shape, params["lattice"], params["rotation"], params["noise_seed"])
-    full = np.empty(field.shape, np.uint8)
-    view = full.reshape((1,) * (3 - full.ndim) + full.shape)
-    lo3 = np.empty(3, np.int64)
-    hi3 = np.empty(3, np.int64)
-    if kernels.threshold_box(field.reshape(view.shape), params["threshold"], view, lo3, hi3) == 0:
-        raise ValueError("perlin mask parameters render an empty mask")
-    lo = tuple(int(v) for v in lo3[3 - full.ndim:])
-    hi = tuple(int(v) for v in hi3[3 - full.ndim:])
-    return full.view(bool)[window(lo, hi)].copy(), lo, hi
-
-
-def _render_shape(params, spatial_shape):
+def _shape_box(params, spatial_shape, box: bool):
+    """The window (lo, hi) that holds a shape, clipped to the image."""
     matrix = np.asarray(params["matrix"], np.float64)
     centre = np.asarray(params["centre"], np.float64)
-    box = params["kind"] == "rectangle"
     ext = half_extent(matrix, box)
     lo = tuple(max(0, int(math.floor(c - e))) for c, e in zip(centre, ext))
     hi = tuple(min(n, int(math.ceil(c + e)) + 1) for c, e, n in zip(centre, ext, spatial_shape))
     if any(b <= a for a, b in zip(lo, hi)):
-        raise ValueError("shape mask lies outside the image")
+        raise ValueError("the mask's shape lies outside the image")
+    return lo, hi
+
+
+def _as_3d(params, lo):
+    """Centre, inverse matrix and origin padded to 3D (2D gets a unit depth axis)."""
+    ndim = len(lo)
+    inv = np.eye(3)
+    inv[3 - ndim:, 3 - ndim:] = np.linalg.inv(np.asarray(params["matrix"], np.float64))
+    centre = np.zeros(3)
+    centre[3 - ndim:] = params["centre"]
+    origin = np.zeros(3)
+    origin[3 - ndim:] = lo
+    return centre, inv, origin
+
+
+def _blob(params, field, lo, threshold) -> tuple[np.ndarray, int]:
+    out = np.empty(field.shape, np.uint8)
+    shape3 = (1,) * (3 - field.ndim) + field.shape
+    centre, inv, origin = _as_3d(params, lo)
+    count = kernels.blob_threshold(field.reshape(shape3), out.reshape(shape3), origin, centre, inv,
+                                   params["envelope"], threshold)
+    return out.view(bool), count
+
+
+def _render_perlin(params, spatial_shape, field=None):
+    """A Perlin lesion: noise of the whole-image lattice, thresholded inside an elliptical
+    envelope (so the cost, and the lesion, stay local)."""
+    lo, hi = _shape_box(params, spatial_shape, box=False)
+    if field is None:
+        field = perlin_field(spatial_shape, params["lattice"], params["rotation"], params["noise_seed"], lo, hi)
+    mask, count = _blob(params, field, lo, params["threshold"])
+    if count == 0:
+        raise ValueError("perlin mask parameters render an empty mask")
+    return mask, lo, hi
+
+
+def _render_shape(params, spatial_shape):
+    box = params["kind"] == "rectangle"
+    lo, hi = _shape_box(params, spatial_shape, box)
     out = np.zeros(tuple(b - a for a, b in zip(lo, hi)), np.uint8)
+    matrix = np.asarray(params["matrix"], np.float64)
+    centre = np.asarray(params["centre"], np.float64)
     inv = np.linalg.inv(matrix)
     if len(spatial_shape) == 2:
         kernels.shape_2d(out, lo[0], lo[1], centre[0], centre[1], inv, box)
@@ -167,18 +197,21 @@ def _sample_shape(rng, kind, spatial_shape, cfg: MaskConfig, centre, scale):
     return {"kind": kind, "centre": as_list(centre), "matrix": as_list(matrix)}
 
 
-def _sample_perlin(rng, spatial_shape, cfg: MaskConfig):
+def _sample_perlin(rng, spatial_shape, cfg: MaskConfig, centre, scale):
     ndim = len(spatial_shape)
-    lattice = [int(2 ** rng.integers(cfg.perlin_min_exponent, cfg.perlin_max_exponent + 1)) for _ in range(ndim)]
-    rotation = float(rng.uniform(-math.pi, math.pi)) if ndim == 2 else as_list(random_rotation(rng, 3))
-    params = {"kind": "perlin", "lattice": lattice, "rotation": rotation,
-              "noise_seed": int(rng.integers(2 ** 63))}
-    field = perlin_field(spatial_shape, lattice, rotation, params["noise_seed"])
+    params = _sample_shape(rng, "perlin", spatial_shape, cfg, centre, scale)
+    params["lattice"] = [int(2 ** rng.integers(cfg.perlin_min_exponent, cfg.perlin_max_exponent + 1))
+                         for _ in range(ndim)]
+    params["rotation"] = float(rng.uniform(-math.pi, math.pi)) if ndim == 2 else as_list(random_rotation(rng, 3))
+    params["noise_seed"] = int(rng.integers(2 ** 63))
+    params["envelope"] = cfg.perlin_envelope
+    lo, hi = _shape_box(params, spatial_shape, box=False)
+    field = perlin_field(spatial_shape, params["lattice"], params["rotation"], params["noise_seed"], lo, hi)
+    area = _blob(params, field, lo, -np.inf)[1]
     lo_cov, hi_cov = cfg.perlin_coverage
     for _ in range(cfg.threshold_tries):
         threshold = float(rng.uniform(*cfg.perlin_threshold))
-        coverage = kernels.count_above(field, threshold) / field.size
-        if lo_cov <= coverage <= hi_cov:
+        if area and lo_cov <= _blob(params, field, lo, threshold)[1] / area <= hi_cov:
             params["threshold"] = threshold
             return params, field
     return None, None
@@ -196,25 +229,25 @@ def _deepest_point_shape(foreground, spatial_shape):
 
 
 def sample_lesions(rng: np.random.Generator, spatial_shape, foreground, cfg: MaskConfig,
-                   kinds: dict[str, float], count: int) -> list[Lesion]:
+                   kinds: dict[str, float], count: int, points: list | None = None) -> list[Lesion]:
     """Sample ``count`` anomaly masks. ``kinds`` weights the mask kinds; each mask has at
     least ``cfg.foreground_fraction`` of its pixels on ``foreground`` (when given)."""
     names = [k for k, w in kinds.items() if w > 0]
     weights = np.array([kinds[k] for k in names], np.float64)
     weights /= weights.sum()
-    points: list = []
+    points = [] if points is None else points
     lesions = []
     for _ in range(count):
         lesion = None
         for attempt in range(cfg.max_tries):
             kind = names[int(rng.choice(len(names), p=weights))]
             field = None
+            centre = _random_centre(rng, spatial_shape, foreground, points)
             if kind == "perlin":
-                params, field = _sample_perlin(rng, spatial_shape, cfg)
+                params, field = _sample_perlin(rng, spatial_shape, cfg, centre, cfg.retry_shrink ** attempt)
                 if params is None:
                     continue
             else:
-                centre = _random_centre(rng, spatial_shape, foreground, points)
                 params = _sample_shape(rng, kind, spatial_shape, cfg, centre, cfg.retry_shrink ** attempt)
             candidate = render(params, spatial_shape, field)
             if _foreground_fraction(candidate, foreground) >= cfg.foreground_fraction:

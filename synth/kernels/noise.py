@@ -107,44 +107,24 @@ def perlin_3d(out, origin, frame, res, grads, zero, rot):
 
 
 @njit(cache=True)
-def threshold_box(field, threshold, out, lo, hi):
-    """``out = field > threshold`` on a (d, h, w) view; writes the bounding box of the set
-    pixels into ``lo``/``hi`` (inclusive/exclusive) and returns their number."""
-    d, h, w = field.shape
-    for a in range(3):
-        lo[a] = (d, h, w)[a]
-        hi[a] = 0
+def blob_threshold(field, out, origin, centre, inv, weight, threshold):
+    """Threshold ``field + weight * (1 - d^2)`` inside the ellipse d <= 1 (d: the normalised
+    distance given by ``inv`` about ``centre``) into ``out``; a (d, h, w) view with 3-vectors
+    and a 3x3 ``inv`` (2D callers pad a unit depth axis). Returns the number of pixels set.
+    The envelope keeps a Perlin lesion compact while its outline stays irregular."""
+    d_, h, w = field.shape
     count = 0
-    for k in range(d):
+    for a in range(d_):
+        dz = origin[0] + a - centre[0]
         for i in range(h):
-            row = 0
-            first = -1
-            last = -1
+            dy = origin[1] + i - centre[1]
             for j in range(w):
-                v = field[k, i, j] > threshold
-                out[k, i, j] = v
-                if v:
-                    row += 1
-                    if first < 0:
-                        first = j
-                    last = j
-            if row:
-                count += row
-                lo[0] = min(lo[0], k)
-                hi[0] = max(hi[0], k + 1)
-                lo[1] = min(lo[1], i)
-                hi[1] = max(hi[1], i + 1)
-                lo[2] = min(lo[2], first)
-                hi[2] = max(hi[2], last + 1)
-    return count
-
-
-@njit(cache=True)
-def count_above(field, threshold):
-    """Number of elements of ``field`` above ``threshold``."""
-    flat = field.ravel()
-    count = 0
-    for i in range(flat.size):
-        if flat[i] > threshold:
-            count += 1
+                dx = origin[2] + j - centre[2]
+                q0 = inv[0, 0] * dz + inv[0, 1] * dy + inv[0, 2] * dx
+                q1 = inv[1, 0] * dz + inv[1, 1] * dy + inv[1, 2] * dx
+                q2 = inv[2, 0] * dz + inv[2, 1] * dy + inv[2, 2] * dx
+                r2 = q0 * q0 + q1 * q1 + q2 * q2
+                inside = r2 <= 1.0 and field[a, i, j] + weight * (1.0 - r2) > threshold
+                out[a, i, j] = inside
+                count += inside
     return count

@@ -26,6 +26,7 @@ class Context:
     foreground: np.ndarray | None = None  # bool, spatial shape
     source: np.ndarray | None = None  # (C, *spatial) float32; None means the image itself
     lesions: list[Lesion] | None = None  # rendered while sampling (a cache, never required)
+    foreground_points: list = field(default_factory=list)  # lazily built index of anatomy pixels
     _scale: float = field(init=False, default=1.0)
 
     def __post_init__(self):
@@ -57,7 +58,8 @@ class Task:
 
     def sample_masks(self, rng, count: int, ctx: Context) -> list[Lesion]:
         kinds = self.mask_kinds if self.mask_kinds is not None else dict(ctx.config.mask.kinds)
-        return sample_lesions(rng, ctx.spatial_shape, ctx.foreground, ctx.config.mask, kinds, count)
+        return sample_lesions(rng, ctx.spatial_shape, ctx.foreground, ctx.config.mask, kinds, count,
+                              ctx.foreground_points)
 
     def apply(self, image: np.ndarray, params: dict, ctx: Context) -> tuple[np.ndarray, np.ndarray]:
         out = image.astype(np.float32, copy=True)

@@ -75,7 +75,7 @@ class GuidedDeformation(Task):
         organ = organ_profile(ctx.config.modality)
         ndim = len(ctx.spatial_shape)
         side = min(ctx.spatial_shape)
-        points: list = []
+        points = ctx.foreground_points
         lesions = []
         for _ in range(count):
             if ctx.foreground is None:

@@ -8,6 +8,7 @@ import numpy as np
 from .. import kernels
 from ..blend import solve_window
 from ..geometry import as_list, grow, random_rotation, window
+from ..masks import random_foreground_point
 from .base import Context, Task, mark, uniform
 
 
@@ -39,10 +40,13 @@ class CutPaste(Task):
         ndim = len(ctx.spatial_shape)
         scale = float(math.exp(rng.uniform(math.log(cfg.cutpaste_scale[0]), math.log(cfg.cutpaste_scale[1]))))
         rotation = random_rotation(rng, ndim, math.radians(cfg.cutpaste_max_rotation_deg))
-        reach = (np.asarray(lesion.hi) - np.asarray(lesion.lo)) / 2.0 / scale * math.sqrt(ndim)
-        source_shape = ctx.spatial_shape
-        centre = [uniform(rng, (r, n - 1 - r)) if n - 1 - r > r else (n - 1) / 2.0
-                  for r, n in zip(reach, source_shape)]
+        if ctx.source is None and ctx.foreground is not None:
+            # a patch of the same image: take it from the anatomy, not the background
+            centre = random_foreground_point(rng, ctx.foreground, ctx.foreground_points).tolist()
+        else:
+            reach = (np.asarray(lesion.hi) - np.asarray(lesion.lo)) / 2.0 / scale * math.sqrt(ndim)
+            centre = [uniform(rng, (r, n - 1 - r)) if n - 1 - r > r else (n - 1) / 2.0
+                      for r, n in zip(reach, ctx.spatial_shape)]
         return {"source_centre": centre, "rotation": as_list(rotation), "scale": scale}
 
     def _patch(self, out, lesion, params, ctx, lo, hi, channel):
