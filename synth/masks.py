@@ -41,48 +41,33 @@ class Lesion:
 
 # ----------------------------------------------------------------------------- rendering
 
-def _unrolled_table(table: np.ndarray, lattice, spatial_shape, rotation, lo, hi):
-    """Unroll a periodic gradient table over every lattice cell the rotated window
-    touches; returns (table, index of lattice coordinate 0 per axis)."""
-    ndim = len(spatial_shape)
-    size = np.asarray(spatial_shape, np.float64)
-    rot = np.asarray(rotation, np.float64) if ndim == 3 else np.array(
-        [[math.cos(rotation), -math.sin(rotation)], [math.sin(rotation), math.cos(rotation)]])
-    corners = np.array(np.meshgrid(*[(a, b) for a, b in zip(lo, hi)], indexing="ij")).reshape(ndim, -1).T
-    centred = corners - size / 2.0
-    coords = (centred @ rot.T + size / 2.0) * (np.asarray(lattice) / size)
-    first = np.floor(coords.min(axis=0)).astype(np.int64) - 1
-    last = np.floor(coords.max(axis=0)).astype(np.int64) + 2
-    period = table.shape[:ndim]
-    index = np.ix_(*[np.arange(f, e + 1) % p for f, e, p in zip(first, last, period)])
-    return np.ascontiguousarray(table[index]), -first
+def perlin_tables(noise_seed: int, ndim: int) -> tuple[np.ndarray, ...]:
+    """The permutation and the 256 unit gradients that ``noise_seed`` stands for."""
+    g = np.random.default_rng(noise_seed)
+    perm = g.permutation(kernels.TABLE).astype(np.int64)
+    if ndim == 2:
+        angle = g.uniform(0.0, 2.0 * math.pi, size=kernels.TABLE)
+        return perm, np.sin(angle), np.cos(angle)
+    v = g.normal(size=(kernels.TABLE, 3))
+    return perm, v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def perlin_field(spatial_shape, lattice, rotation, noise_seed: int, lo=None, hi=None) -> np.ndarray:
-    """Perlin noise (float32) of the frame ``spatial_shape`` on the window [lo, hi).
-
-    The gradient table has period ``lattice + 1`` per axis and is drawn from
-    ``noise_seed``, so a 1-cell lattice is not degenerate and nothing repeats inside
-    the frame."""
+def perlin_field(spatial_shape, lattice, rotation, noise_seed: int, lo=None, hi=None, octaves: int = 1,
+                 persistence: float = 0.5) -> np.ndarray:
+    """(Fractal) Perlin noise, float32, of the frame ``spatial_shape`` on the window [lo, hi).
+    ``rotation`` is an angle (2D) or a 3x3 matrix (3D)."""
     ndim = len(spatial_shape)
     lo = (0,) * ndim if lo is None else tuple(lo)
     hi = tuple(spatial_shape) if hi is None else tuple(hi)
     out = np.empty(tuple(b - a for a, b in zip(lo, hi)), np.float32)
-    period = tuple(int(r) + 1 for r in lattice)
-    g = np.random.default_rng(noise_seed)
+    tables = perlin_tables(noise_seed, ndim)
     if ndim == 2:
-        angle = g.uniform(0.0, 2.0 * math.pi, size=period)
-        table = np.stack([np.sin(angle), np.cos(angle)], axis=-1)
-        table, zero = _unrolled_table(table, lattice, spatial_shape, rotation, lo, hi)
         kernels.perlin_2d(out, lo[0], lo[1], spatial_shape[0], spatial_shape[1], lattice[0], lattice[1],
-                          np.ascontiguousarray(table[..., 0]), np.ascontiguousarray(table[..., 1]),
-                          zero[0], zero[1], math.cos(rotation), math.sin(rotation))
+                          *tables, math.cos(rotation), math.sin(rotation), octaves, persistence)
     else:
-        v = g.normal(size=period + (3,))
-        table, zero = _unrolled_table(v / np.linalg.norm(v, axis=-1, keepdims=True), lattice, spatial_shape,
-                                      rotation, lo, hi)
         kernels.perlin_3d(out, np.array(lo, np.int64), np.array(spatial_shape, np.int64),
-                          np.array(lattice, np.int64), table, zero, np.asarray(rotation, np.float64))
+                          np.array(lattice, np.int64), *tables, np.asarray(rotation, np.float64),
+                          octaves, persistence)
     return out
 
 

@@ -133,6 +133,14 @@ def test_merged_export_gives_the_same_maps(weight_files, tmp_path):
     x = x_batch()
     ref = m(x)["anomaly_map"]
     assert (merged(x)["anomaly_map"] - ref).abs().max() <= 1e-5
+    # the copy's block-adapter hooks call the copy's adapters, not the original's
+    with torch.no_grad():
+        for p in m.block_adapters.parameters():
+            p.add_(1.0)
+    assert (merged(x)["anomaly_map"] - ref).abs().max() <= 1e-5
+    with torch.no_grad():
+        for p in m.block_adapters.parameters():
+            p.sub_(1.0)
     out = tmp_path / "merged.pt"
     save_merged(m, out)
     loaded = load_merged(out).eval()

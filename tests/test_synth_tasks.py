@@ -150,29 +150,33 @@ def test_perlin_masks_work_at_any_size_and_use_every_lattice():
 
 
 def test_perlin_kernel_matches_a_numpy_reference():
-    """Unrotated 2D Perlin noise against a direct numpy evaluation of the same definition."""
-    from synth.masks import perlin_field
+    """Unrotated 2D Perlin noise (two octaves) against a direct numpy evaluation of the
+    definition: hashed gradients at lattice points, quintic fade, bilinear blend."""
+    from synth.kernels.noise import OCTAVE_SHIFT
+    from synth.masks import perlin_field, perlin_tables
 
     shape, lattice, seed = (30, 45), (3, 5), 123
-    field = perlin_field(shape, lattice, 0.0, seed)
-    g = np.random.default_rng(seed)
-    angle = g.uniform(0.0, 2.0 * math.pi, size=(lattice[0] + 1, lattice[1] + 1))
-    gy, gx = np.sin(angle), np.cos(angle)
-    iy, ix = np.meshgrid((np.arange(shape[0]) + 0.5) / shape[0] * lattice[0],
-                         (np.arange(shape[1]) + 0.5) / shape[1] * lattice[1], indexing="ij")
-    y0, x0 = np.floor(iy).astype(int), np.floor(ix).astype(int)
-    ty, tx = iy - y0, ix - x0
-
-    def corner(dy, dx):
-        a, b = (y0 + dy) % gy.shape[0], (x0 + dx) % gy.shape[1]
-        return gy[a, b] * (ty - dy) + gx[a, b] * (tx - dx)
+    field = perlin_field(shape, lattice, 0.0, seed, octaves=2, persistence=0.5)
+    perm, gy, gx = perlin_tables(seed, 2)
 
     def fade(t):
         return 6 * t ** 5 - 15 * t ** 4 + 10 * t ** 3
 
-    top = corner(0, 0) + fade(tx) * (corner(0, 1) - corner(0, 0))
-    bottom = corner(1, 0) + fade(tx) * (corner(1, 1) - corner(1, 0))
-    expected = top + fade(ty) * (bottom - top)
+    expected = np.zeros(shape)
+    for octave in range(2):
+        iy, ix = np.meshgrid((np.arange(shape[0]) + 0.5) / shape[0] * lattice[0] * 2 ** octave,
+                             (np.arange(shape[1]) + 0.5) / shape[1] * lattice[1] * 2 ** octave, indexing="ij")
+        iy, ix = iy + OCTAVE_SHIFT * octave, ix + OCTAVE_SHIFT * octave
+        y0, x0 = np.floor(iy).astype(int), np.floor(ix).astype(int)
+        ty, tx = iy - y0, ix - x0
+
+        def corner(dy, dx):
+            h = perm[(perm[(y0 + dy) % 256] + x0 + dx) % 256]
+            return gy[h] * (ty - dy) + gx[h] * (tx - dx)
+
+        top = corner(0, 0) + fade(tx) * (corner(0, 1) - corner(0, 0))
+        bottom = corner(1, 0) + fade(tx) * (corner(1, 1) - corner(1, 0))
+        expected += 0.5 ** octave * (top + fade(ty) * (bottom - top))
     assert np.abs(field - expected).max() < 1e-5
 
 

@@ -40,13 +40,9 @@ def render_texture(params: dict, shape: tuple[int, ...], scale: float) -> np.nda
     kind = params["kind"]
     ndim = len(shape)
     if kind == "fbm":
-        total = np.zeros(shape, np.float32)
-        amplitude = 1.0
-        for octave in range(params["octaves"]):
-            lattice = [params["lattice"] * 2 ** octave] * ndim
-            rotation = 0.0 if ndim == 2 else np.eye(3)
-            total += np.float32(amplitude) * perlin_field(shape, lattice, rotation, int(g.integers(2 ** 63)))
-            amplitude *= params["persistence"]
+        rotation = 0.0 if ndim == 2 else np.eye(3)
+        total = perlin_field(shape, [params["lattice"]] * ndim, rotation, int(g.integers(2 ** 63)),
+                             octaves=params["octaves"], persistence=params["persistence"])
         peak = float(np.abs(total).max()) or 1.0
         texture = params["level"] + params["contrast"] * 0.5 * total / peak
     elif kind == "speckle":
