@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import kernels
+from . import geometry, kernels
+from .geometry import bounding_box
 from .validation import check_intensities, check_mask_like
 
 # Per-pixel residual bound of the CG solve, in intensity units of [0, 1] images.
@@ -53,12 +54,11 @@ def poisson_blend(target, source, mask, *, mixed: bool = False, clip: bool = Tru
     if source.shape != target.shape:
         raise ValueError(f"source shape {source.shape} does not match target shape {target.shape}")
     mask = check_mask_like(np.asarray(mask), target.shape, "mask")
-    if not mask.any():
-        return target.astype(np.float32, copy=True)
-    lo = [max(0, int(i.min()) - 1) for i in np.nonzero(mask)]
-    hi = [min(n, int(i.max()) + 2) for i, n in zip(np.nonzero(mask), mask.shape)]
-    window = tuple(slice(a, b) for a, b in zip(lo, hi))
+    box = bounding_box(mask)
     out = target.astype(np.float32, copy=True)
+    if box is None:
+        return out
+    window = geometry.window(*geometry.grow(*box, 1, mask.shape))
     out[window] = solve_window(out[window], source[window].astype(np.float32), mask[window], mixed)
     if clip:
         np.clip(out, 0.0, 1.0, out=out)
