@@ -15,6 +15,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("pipelines.demo", "synthesise a gallery of every anomaly task on the MNI152 brain template"),
     "prepare": ("pipelines.prepare", "bring a public dataset, as downloaded, to the prepared layout"),
     "fewshot": ("pipelines.fewshot", "draw a seeded k-shot support set of normal training images"),
+    "generate": ("pipelines.generate", "pre-generate a synthetic training set into a sharded zarr cache"),
+    "verify": ("pipelines.verify", "check a cache: completeness, shard checksums, regenerated samples"),
 }
 
 
