@@ -69,3 +69,15 @@ def half_extent(matrix: np.ndarray, box: bool) -> np.ndarray:
 def as_list(a) -> list:
     """A numpy array or scalar as plain Python lists/floats (JSON-ready)."""
     return np.asarray(a, dtype=np.float64).tolist()
+
+
+def inverse(matrix) -> np.ndarray:
+    """Inverse of a 2x2 or 3x3 shape matrix (closed form for 2x2: numpy's general inverse
+    costs more than the whole warp of a small lesion)."""
+    m = np.asarray(matrix, dtype=np.float64)
+    if m.shape == (2, 2):
+        det = m[0, 0] * m[1, 1] - m[0, 1] * m[1, 0]
+        if det == 0.0:
+            raise ValueError("singular shape matrix")
+        return np.array([[m[1, 1], -m[0, 1]], [-m[1, 0], m[0, 0]]]) / det
+    return np.linalg.inv(m)

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import kernels
 from .config import MaskConfig
-from .geometry import as_list, grow, half_extent, random_rotation, shape_matrix, window
+from .geometry import as_list, grow, half_extent, inverse, random_rotation, shape_matrix, window
 
 SHAPE_KINDS = ("ellipse", "rectangle")
 MASK_KINDS = ("perlin",) + SHAPE_KINDS
@@ -87,7 +87,7 @@ def _as_3d(params, lo):
     """Centre, inverse matrix and origin padded to 3D (2D gets a unit depth axis)."""
     ndim = len(lo)
     inv = np.eye(3)
-    inv[3 - ndim:, 3 - ndim:] = np.linalg.inv(np.asarray(params["matrix"], np.float64))
+    inv[3 - ndim:, 3 - ndim:] = inverse(params["matrix"])
     centre = np.zeros(3)
     centre[3 - ndim:] = params["centre"]
     origin = np.zeros(3)
@@ -122,7 +122,7 @@ def _render_shape(params, spatial_shape):
     out = np.zeros(tuple(b - a for a, b in zip(lo, hi)), np.uint8)
     matrix = np.asarray(params["matrix"], np.float64)
     centre = np.asarray(params["centre"], np.float64)
-    inv = np.linalg.inv(matrix)
+    inv = inverse(matrix)
     if len(spatial_shape) == 2:
         kernels.shape_2d(out, lo[0], lo[1], centre[0], centre[1], inv, box)
     else:

@@ -1,5 +1,4 @@
 """The public face: layouts, types, seeds, replay, batches and bad input."""
-import hashlib
 import subprocess
 import sys
 import textwrap

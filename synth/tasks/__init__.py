@@ -1,7 +1,7 @@
 """The anomaly tasks of method.md section 1, by name."""
 from .base import Context, Task
-from .density import GaussianIntensity, PathologyTexture
 from .deformation import GuidedDeformation, SourceDeformation
+from .density import GaussianIntensity, PathologyTexture
 from .identity import Identity
 from .structural import CutPaste, Poisson
 

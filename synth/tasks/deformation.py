@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from .. import kernels
-from ..geometry import as_list, grow, random_rotation, shape_matrix, window
+from ..geometry import as_list, grow, inverse, random_rotation, shape_matrix, window
 from ..masks import Lesion, random_foreground_point, render
 from ..profiles import organ_profile
 from .base import Context, Task, mark, uniform
@@ -21,7 +21,7 @@ ROOM_MARGIN = 1.75
 def _warp(out, lesion: Lesion, mode: int, alpha: float, k: float, stiffness: float, room) -> np.ndarray:
     """Warp every channel of ``out`` on the lesion window; returns the moved-pixel window."""
     centre = np.asarray(lesion.params["centre"], np.float64)
-    inv = np.linalg.inv(np.asarray(lesion.params["matrix"], np.float64))
+    inv = inverse(lesion.params["matrix"])
     changed = np.zeros(lesion.mask.shape, np.uint8)
     room = np.zeros((0,) * lesion.mask.ndim, np.float32) if room is None else room
     for c in range(out.shape[0]):
