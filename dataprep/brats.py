@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .indexing import IndexError_, RawIndex, RawUnit, Skip, hash_fraction, list_files, safe_id
+from .indexing import LayoutError, RawIndex, RawUnit, Skip, hash_fraction, list_files, safe_id
 
 SEQUENCE_ALIASES = {"flair": ("flair", "t2f"), "t1": ("t1", "t1n"), "t1ce": ("t1ce", "t1c"), "t2": ("t2", "t2w")}
 _NIFTI = re.compile(r"^(?P<case>.+?)[_-](?P<seq>[A-Za-z0-9]+)\.nii(\.gz)?$")
@@ -38,7 +38,7 @@ def index_brats(root: str | Path, *, sequence: str = "flair", test_fraction: flo
             cases.setdefault((path.parent, m.group("case")), {})["seg" if seq == "seg" else "image"] = path
         # other sequences are present but not used: not an error, not reported
     if not cases:
-        raise IndexError_(f"{base}: no BraTS case found (expected <case>_{sequence}.nii.gz and <case>_seg.nii.gz)")
+        raise LayoutError(f"{base}: no BraTS case found (expected <case>_{sequence}.nii.gz and <case>_seg.nii.gz)")
     complete = []
     for (_, case), files in sorted(cases.items()):
         if "image" not in files:

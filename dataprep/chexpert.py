@@ -21,7 +21,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from .indexing import IndexError_, RawIndex, RawUnit, Skip, safe_id, strip_image_suffix
+from .indexing import LayoutError, RawIndex, RawUnit, Skip, safe_id, strip_image_suffix
 
 NON_PATHOLOGY = {"No Finding", "Support Devices"}
 META_COLUMNS = {"Path", "Sex", "Age", "Frontal/Lateral", "AP/PA"}
@@ -76,7 +76,7 @@ def index_chexpert(root: str | Path, *, uncertain: str = "exclude", frontal_only
     index = RawIndex("chexpert", str(root))
     csvs = [(base / "train.csv", "train"), (base / "valid.csv", "test")]
     if not any(p.is_file() for p, _ in csvs):
-        raise IndexError_(f"{base}: neither train.csv nor valid.csv found (CheXpert layout)")
+        raise LayoutError(f"{base}: neither train.csv nor valid.csv found (CheXpert layout)")
     for csv_path, split in csvs:
         if not csv_path.is_file():
             index.notes[f"missing_{csv_path.name}"] = True
@@ -84,7 +84,7 @@ def index_chexpert(root: str | Path, *, uncertain: str = "exclude", frontal_only
         with open(csv_path, newline="") as fh:
             reader = csv.DictReader(fh)
             if not reader.fieldnames or "Path" not in reader.fieldnames:
-                raise IndexError_(f"{csv_path}: no 'Path' column")
+                raise LayoutError(f"{csv_path}: no 'Path' column")
             for row in reader:
                 view = (row.get("Frontal/Lateral") or "").strip()
                 if frontal_only and view and view != "Frontal":

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .indexing import (
-    IndexError_,
+    LayoutError,
     RawIndex,
     RawUnit,
     Skip,
@@ -41,7 +41,7 @@ def _find_with(root: Path, names: tuple[str, ...], depth: int = 2) -> Path:
     for c in candidates:
         if all((c / n).is_dir() for n in names):
             return c
-    raise IndexError_(f"{root}: no folder holding {', '.join(n + '/' for n in names)} found (to depth {depth})")
+    raise LayoutError(f"{root}: no folder holding {', '.join(n + '/' for n in names)} found (to depth {depth})")
 
 
 def _class_folder(index: RawIndex, folder: Path, cls: str, label: int, modality: str,
@@ -159,7 +159,7 @@ def index_mediclip(root: str | Path, *, modality: str | None = None, **_: Any) -
     for split in ("train", "test"):
         listing = base / "samples" / f"{split}.json"
         if not listing.is_file():
-            raise IndexError_(f"{listing}: missing (MediCLIP needs samples/train.json and samples/test.json)")
+            raise LayoutError(f"{listing}: missing (MediCLIP needs samples/train.json and samples/test.json)")
         for n, line in enumerate(listing.read_text().splitlines(), 1):
             if not line.strip():
                 continue
@@ -198,7 +198,7 @@ def index_mvfa(root: str | Path, *, modality: str | None = None, objects: str | 
         wanted = {o.strip().lower() for o in objects.split(",")}
         roots = [r for r in roots if r.name[:-3].lower() in wanted]
     if not roots:
-        raise IndexError_(f"{base}: no <Object>_AD folder found (MVFA layout)")
+        raise LayoutError(f"{base}: no <Object>_AD folder found (MVFA layout)")
     index = RawIndex("mvfa", str(root))
     for obj_root in roots:
         obj = obj_root.name[:-3]

@@ -63,7 +63,7 @@ class RawIndex:
         self.excluded[rule] = self.excluded.get(rule, 0) + n
 
 
-class IndexError_(Exception):
+class LayoutError(Exception):
     """The raw tree does not look like the named dataset (message names what is missing)."""
 
 
@@ -125,7 +125,7 @@ def non_image_skip(path: Path) -> Skip:
 
 def require_dir(path: Path, what: str) -> Path:
     if not path.is_dir():
-        raise IndexError_(f"{path}: missing folder ({what})")
+        raise LayoutError(f"{path}: missing folder ({what})")
     return path
 
 

@@ -19,9 +19,9 @@ from those files at the end (never appended to), so nothing is duplicated.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import multiprocessing as mp
-import sys
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -29,13 +29,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from .brats import index_brats
 from .chexpert import index_chexpert
 from .datasets import index_brainmri, index_busi, index_folder, index_mediclip, index_mvfa
 from .dictionary import ResizeKeepAspectd
-from .indexing import RawIndex, RawUnit, Skip, unique_ids
+from .indexing import LayoutError, RawIndex, RawUnit, Skip, unique_ids
 from .io import ReadError, atomic_write_bytes, content_hash, read_image, to_uint16, write_png
 from .modality import PipelineConfig, modality_pipeline, volume_to_slices
 
@@ -147,13 +148,11 @@ def process_unit(unit: RawUnit, out: str | Path, size: int) -> dict[str, Any]:
     return result
 
 
-def _init_worker() -> None:
-    # One thread per process: parallelism comes from processes; nested pools only contend.
-    import cv2
-
-    cv2.setNumThreads(1)
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(1)
+def _single_threaded_pool(workers: int) -> ProcessPoolExecutor:
+    """Worker processes, one OpenCV thread each (parallelism comes from processes; nested
+    thread pools only contend). The caller sets OpenCV to one thread *before* forking:
+    calling cv2.setNumThreads in a forked child whose parent had used OpenCV's pool hangs."""
+    return ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context())
 
 
 def _run(args: tuple[RawUnit, str, int]) -> str:
@@ -210,7 +209,17 @@ def prepare_dataset(name: str, root: str | Path, out: str | Path, *, size: int =
     out.mkdir(parents=True, exist_ok=True)
     _check_settings(out, _settings(name, size, options))
     _clean_temporaries(out)
-    index = INDEXERS[name](root, **options)
+    accepted = {p.name for p in inspect.signature(INDEXERS[name]).parameters.values()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise PrepareError(f"{name}: unknown option(s) {', '.join(unknown)}; it takes {', '.join(sorted(accepted))}")
+    try:
+        index = INDEXERS[name](root, **options)
+    except LayoutError as exc:
+        raise PrepareError(f"{name}: {exc}") from exc
+    except TypeError as exc:  # an option the indexer does not take
+        raise PrepareError(f"{name}: bad option ({exc})") from exc
     unique_ids(index.units)
     done = {p.stem for p in (out / "items").glob("*.json")}
     pending = [u for u in index.units if u.uid not in done]
@@ -220,11 +229,16 @@ def prepare_dataset(name: str, root: str | Path, out: str | Path, *, size: int =
     jobs = [(u, str(out), int(size)) for u in pending]
     if workers > 1 and len(jobs) > 1:
         chunk = max(1, min(16, len(jobs) // (workers * 8)))
-        with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context(), initializer=_init_worker) as ex:
-            for _ in ex.map(_run, jobs, chunksize=chunk):
-                finished += 1
-                if on_progress:
-                    on_progress(finished, total)
+        threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        try:
+            with _single_threaded_pool(workers) as ex:
+                for _ in ex.map(_run, jobs, chunksize=chunk):
+                    finished += 1
+                    if on_progress:
+                        on_progress(finished, total)
+        finally:
+            cv2.setNumThreads(threads)
     else:
         for job in jobs:
             _run(job)

@@ -97,9 +97,13 @@ def test_busi_mask_union_and_bad_masks(tmp_path):
     assert len(rec["mask_sources"]) == 2
     mask = dp.read_png(out / rec["mask"]) > 0
     rows = np.nonzero(mask.any(axis=1))[0]
-    # 120x100 image at 224: scale 224/120, no vertical padding; two row bands (40-60 and 80-100)
-    assert rows.min() == pytest.approx(40 * 224 / 120, abs=2) and rows.max() == pytest.approx(100 * 224 / 120, abs=2)
-    assert not mask[int(70 * 224 / 120)].any()  # the gap between the lesions stays empty
+    # the scan region is cropped first, then the longer side goes to 224 (centred padding)
+    top, bottom, left, right = dp.UltrasoundFrameCrop().box(dp.read_image(raw / "benign" / "benign (1).png").array)
+    scale = 224 / max(bottom - top, right - left)
+    pad = (224 - round((bottom - top) * scale)) // 2
+    assert rows.min() == pytest.approx(pad + (40 - top) * scale, abs=2)
+    assert rows.max() == pytest.approx(pad + (100 - top) * scale, abs=2)  # two row bands: 40-60 and 80-100
+    assert not mask[round(pad + (70 - top) * scale)].any()  # the gap between the lesions stays empty
     normal = next(r for r in _records(out) if r["label"] == 0)
     assert normal["mask"] is not None and not dp.read_png(out / normal["mask"]).any()
 
