@@ -164,10 +164,7 @@ def synthesize(image, *, rng=None, foreground=None, source=None, layout: str | N
     records = []
     for i, seed in enumerate(seeds):
         item = np.ascontiguousarray(batch[i])
-        out, mask, record = pool(item, seed, foregrounds[i], sources[i], task, source_id)
-        outs[i] = out
-        masks[i, 0] = mask
-        records.append(record)
+        records.append(pool(item, seed, foregrounds[i], sources[i], task, source_id, outs[i], masks[i, 0])[2])
     out_image = _like(image, _uncanonical(outs, layout))
     out_mask = _uncanonical(masks, layout)
     if _is_tensor(image):

@@ -46,7 +46,7 @@ class TaskPool:
         return record, ctx
 
     def apply(self, image: np.ndarray, record: SynthesisRecord, foreground=None, source=None,
-              ctx: Context | None = None) -> tuple[np.ndarray, np.ndarray]:
+              ctx: Context | None = None, out=None, mask=None) -> tuple[np.ndarray, np.ndarray]:
         """Apply a record to ``image``; returns (anomalous image, mask)."""
         if tuple(image.shape[1:]) != tuple(record.spatial_shape):
             raise ValueError(f"record was made for spatial shape {record.spatial_shape}; "
@@ -60,11 +60,14 @@ class TaskPool:
                 config = _with_modality(config, record.modality)
             ctx = Context(config, image.shape[1:], foreground, source)
         params = record.params
-        return self.tasks[record.task].apply(image, params, ctx)
+        return self.tasks[record.task].apply(image, params, ctx, out, mask)
 
-    def __call__(self, image, seed: int, foreground=None, source=None, task=None, source_id=None):
+    def __call__(self, image, seed: int, foreground=None, source=None, task=None, source_id=None,
+                 out=None, mask=None):
+        """Sample and apply; ``out`` (C, *spatial) and ``mask`` (*spatial) are optional
+        float32 buffers to write into."""
         record, ctx = self.sample(image, seed, foreground, source, task, source_id)
-        out, mask = self.apply(image, record, foreground, source, ctx)
+        out, mask = self.apply(image, record, foreground, source, ctx, out, mask)
         return out, mask, record
 
 

@@ -61,9 +61,11 @@ class Task:
         return sample_lesions(rng, ctx.spatial_shape, ctx.foreground, ctx.config.mask, kinds, count,
                               ctx.foreground_points)
 
-    def apply(self, image: np.ndarray, params: dict, ctx: Context) -> tuple[np.ndarray, np.ndarray]:
-        out = image.astype(np.float32, copy=True)
-        mask = np.zeros(ctx.spatial_shape, np.float32)
+    def apply(self, image: np.ndarray, params: dict, ctx: Context, out: np.ndarray | None = None,
+              mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Apply ``params``; ``out``/``mask`` are optional float32 buffers to write into
+        (saves two full-size copies per sample on large volumes)."""
+        out, mask = output_buffers(image, ctx, out, mask)
         for i, lesion_params in enumerate(params["lesions"]):
             lesion = ctx.lesions[i] if ctx.lesions else render(lesion_params["mask"], ctx.spatial_shape)
             self.apply_lesion(out, lesion, lesion_params, ctx, mask)
@@ -76,6 +78,19 @@ class Task:
     def apply_lesion(self, out: np.ndarray, lesion: Lesion, params: dict, ctx: Context, mask: np.ndarray) -> None:
         """Modify ``out`` (C, *spatial) in place and mark the anomaly in ``mask``."""
         raise NotImplementedError
+
+
+def output_buffers(image, ctx: Context, out, mask):
+    """The output image (a copy of ``image``) and an empty mask, in the given buffers if any."""
+    if out is None:
+        out = image.astype(np.float32, copy=True)
+    else:
+        np.copyto(out, image)
+    if mask is None:
+        mask = np.zeros(ctx.spatial_shape, np.float32)
+    else:
+        mask.fill(0.0)
+    return out, mask
 
 
 def mark(mask: np.ndarray, lesion: Lesion) -> None:

@@ -1,9 +1,7 @@
 """The identity task: a normal sample (empty mask)."""
 from __future__ import annotations
 
-import numpy as np
-
-from .base import Context, Task
+from .base import Context, Task, output_buffers
 
 
 class Identity(Task):
@@ -14,5 +12,5 @@ class Identity(Task):
     def sample(self, rng, image, ctx: Context) -> dict:
         return {"lesions": []}
 
-    def apply(self, image, params, ctx: Context):
-        return image.astype(np.float32, copy=True), np.zeros(ctx.spatial_shape, np.float32)
+    def apply(self, image, params, ctx: Context, out=None, mask=None):
+        return output_buffers(image, ctx, out, mask)
