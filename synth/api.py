@@ -94,24 +94,24 @@ def _canonical(array: np.ndarray, layout: str) -> np.ndarray:
     return array
 
 
-def _foreground_batch(foreground, batch: int, spatial, layout: str):
+def _foreground_batch(foreground, batch: int, spatial, layout: str) -> list:
+    """One boolean anatomy mask (or None) per batch item; a single mask serves every item."""
     if foreground is None:
         return [None] * batch
     fg = _as_numpy(foreground, "foreground")
-    shapes = {tuple(spatial): "single", (1, *spatial): "single", (batch, *spatial): "batch",
-              (batch, 1, *spatial): "batch"}
-    kind = shapes.get(tuple(fg.shape)) if "B" in layout else shapes.get(tuple(fg.shape)) if tuple(fg.shape) in (
-        tuple(spatial), (1, *spatial)) else None
-    if kind is None:
-        raise ValueError(f"foreground shape {tuple(fg.shape)} does not match the image's spatial shape "
-                         f"{tuple(spatial)}" + (f" (or batch {batch})" if "B" in layout else ""))
-    fg = fg.reshape((1 if kind == "single" else batch,) + tuple(spatial))
-    items = []
-    for i in range(batch):
-        item = check_mask_like(fg[0 if kind == "single" else i], tuple(spatial), "foreground")
+    shape, spatial = tuple(fg.shape), tuple(spatial)
+    if shape in (spatial, (1, *spatial)):
+        single = check_mask_like(fg.reshape(spatial), spatial, "foreground")
+        if not single.any():
+            raise ValueError("foreground is empty")
+        return [single] * batch
+    if "B" not in layout or shape not in ((batch, *spatial), (batch, 1, *spatial)):
+        raise ValueError(f"foreground shape {shape} does not match the image's spatial shape {spatial}"
+                         + (f" (or a batch of {batch} of them)" if "B" in layout else ""))
+    items = [check_mask_like(item, spatial, "foreground") for item in fg.reshape((batch, *spatial))]
+    for i, item in enumerate(items):
         if not item.any():
-            raise ValueError("foreground is empty" + (f" for batch item {i}" if kind == "batch" else ""))
-        items.append(item)
+            raise ValueError(f"foreground is empty for batch item {i}")
     return items
 
 

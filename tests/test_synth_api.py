@@ -170,3 +170,14 @@ def test_inputs_are_not_modified():
     for task in synth.TASKS:
         synth.synthesize(image, rng=1, task=task)
     assert np.array_equal(image, keep)
+
+
+def test_batch_foregrounds_one_per_item_or_shared():
+    image = np.stack([smooth_image((32, 32), seed=i) for i in range(3)])
+    fg = disc_foreground((32, 32), 0.3)
+    shared = synth.synthesize(image, rng=4, layout="BHW", foreground=fg, task="guided_deformation")
+    per_item = synth.synthesize(image, rng=4, layout="BHW", foreground=np.stack([fg] * 3)[:, None],
+                                task="guided_deformation")
+    assert np.array_equal(shared.image, per_item.image)
+    with pytest.raises(ValueError, match="batch item 1"):
+        synth.synthesize(image, rng=4, layout="BHW", foreground=np.stack([fg, np.zeros_like(fg), fg]))
