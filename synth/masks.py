@@ -13,7 +13,7 @@ import numpy as np
 
 from . import kernels
 from .config import MaskConfig
-from .geometry import as_list, grow, half_extent, inverse, random_rotation, shape_matrix, window
+from .geometry import as_list, half_extent, inverse, random_rotation, shape_matrix, window
 
 SHAPE_KINDS = ("ellipse", "rectangle")
 MASK_KINDS = ("perlin",) + SHAPE_KINDS
@@ -238,20 +238,15 @@ def sample_lesions(rng: np.random.Generator, spatial_shape, foreground, cfg: Mas
             if _foreground_fraction(candidate, foreground) >= cfg.foreground_fraction:
                 lesion = candidate
                 break
-        if lesion is None:
+        if lesion is None:  # rare: fall back to a shape that surely qualifies
             if foreground is None:
-                raise ValueError("could not sample an anomaly mask within the configured coverage range")
-            lesion = render(_deepest_point_shape(foreground, spatial_shape), spatial_shape)
+                centre = _random_centre(rng, spatial_shape, None, points)
+                params = _sample_shape(rng, "ellipse", spatial_shape, cfg, centre, 1.0)
+            else:
+                params = _deepest_point_shape(foreground, spatial_shape)
+            lesion = render(params, spatial_shape)
         lesions.append(lesion)
     return lesions
 
 
-def union(lesions: list[Lesion], spatial_shape) -> np.ndarray:
-    """The union of the lesions' masks as a float32 image in {0, 1}."""
-    out = np.zeros(spatial_shape, np.float32)
-    for lesion in lesions:
-        out[lesion.window][lesion.mask] = 1.0
-    return out
-
-
-__all__ = ["Lesion", "MASK_KINDS", "grow", "perlin_field", "render", "sample_lesions", "union"]
+__all__ = ["Lesion", "MASK_KINDS", "perlin_field", "random_foreground_point", "render", "sample_lesions"]
