@@ -271,9 +271,14 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+# zlib level 0 (stored): encoding is 3x faster than level 1 and, for 224 px 16-bit images
+# with texture, level 1 saved under 5 %; prepare is encode-bound, disk is cheap.
+PNG_COMPRESSION = 0
+
+
 def write_png(path: str | os.PathLike, pixels: np.ndarray) -> None:
     """Write a 2D uint8 or uint16 array as PNG, atomically."""
-    ok, buf = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    ok, buf = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION])
     if not ok:
         raise OSError(f"{path}: PNG encoding failed")
     atomic_write_bytes(path, buf.tobytes())
