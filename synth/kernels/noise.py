@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .shapes import lesion_coordinates
+
 TABLE = 256  # permutation size; a power of two so that `& (TABLE - 1)` wraps negatives too
 OCTAVE_SHIFT = 17.31  # lattice offset between octaves, so octaves do not share lattice points
 
@@ -143,9 +145,7 @@ def blob_threshold(field, out, origin, centre, inv, weight, threshold):
             dy = origin[1] + i - centre[1]
             for j in range(w):
                 dx = origin[2] + j - centre[2]
-                q0 = inv[0, 0] * dz + inv[0, 1] * dy + inv[0, 2] * dx
-                q1 = inv[1, 0] * dz + inv[1, 1] * dy + inv[1, 2] * dx
-                q2 = inv[2, 0] * dz + inv[2, 1] * dy + inv[2, 2] * dx
+                q0, q1, q2 = lesion_coordinates(inv, dz, dy, dx)
                 r2 = q0 * q0 + q1 * q1 + q2 * q2
                 inside = r2 <= 1.0 and field[a, i, j] + weight * (1.0 - r2) > threshold
                 out[a, i, j] = inside

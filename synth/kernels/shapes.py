@@ -9,6 +9,15 @@ from __future__ import annotations
 from numba import njit
 
 
+@njit(cache=True, inline="always")
+def lesion_coordinates(inv, dz, dy, dx):
+    """Normalised lesion coordinates ``inv @ (dz, dy, dx)`` of an offset from the centre
+    (inside the unit ball/cube means inside the shape)."""
+    return (inv[0, 0] * dz + inv[0, 1] * dy + inv[0, 2] * dx,
+            inv[1, 0] * dz + inv[1, 1] * dy + inv[1, 2] * dx,
+            inv[2, 0] * dz + inv[2, 1] * dy + inv[2, 2] * dx)
+
+
 @njit(cache=True)
 def shape_2d(out, origin_y, origin_x, cy, cx, inv, box):
     """Set ``out`` (uint8 window at origin) to 1 where the pixel centre lies in the shape.
@@ -41,9 +50,7 @@ def shape_3d(out, origin, centre, inv, box):
             dy = origin[1] + i - centre[1]
             for j in range(w):
                 dx = origin[2] + j - centre[2]
-                q0 = inv[0, 0] * dz + inv[0, 1] * dy + inv[0, 2] * dx
-                q1 = inv[1, 0] * dz + inv[1, 1] * dy + inv[1, 2] * dx
-                q2 = inv[2, 0] * dz + inv[2, 1] * dy + inv[2, 2] * dx
+                q0, q1, q2 = lesion_coordinates(inv, dz, dy, dx)
                 if box:
                     inside = abs(q0) <= 1.0 and abs(q1) <= 1.0 and abs(q2) <= 1.0
                 else:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .shapes import lesion_coordinates
+
 
 @njit(cache=True, inline="always")
 def _bilinear(img, y, x):
@@ -158,9 +160,7 @@ def radial_warp_3d(src, out, changed, origin, centre, inv, mode, alpha, k, stiff
             dy = origin[1] + i - centre[1]
             for j in range(w):
                 dx = origin[2] + j - centre[2]
-                q0 = inv[0, 0] * dz + inv[0, 1] * dy + inv[0, 2] * dx
-                q1 = inv[1, 0] * dz + inv[1, 1] * dy + inv[1, 2] * dx
-                q2 = inv[2, 0] * dz + inv[2, 1] * dy + inv[2, 2] * dx
+                q0, q1, q2 = lesion_coordinates(inv, dz, dy, dx)
                 d = np.sqrt(q0 * q0 + q1 * q1 + q2 * q2)
                 f = _radial_factor(mode, d, alpha, k, stiffness)
                 uz = (f - 1.0) * dz
