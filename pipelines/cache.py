@@ -1,0 +1,234 @@
+"""The zarr v3 cache of a pre-generated synthetic set: layout, creation, shard writing, checksums.
+
+Layout of ``CACHE.zarr`` (a zarr v3 group, N samples, shard size S, image side H)::
+
+    images      (N, H, H) uint8 (or float16)  chunks (1, H, H), shards (S, H, H)
+    masks       (N, H, H) uint8 {0, 1}         chunks (1, H, H), shards (S, H, H)
+    labels      (N,) uint8                     chunks (S,)   one chunk per shard
+    seeds       (N,) uint64                    chunks (S,)
+    source_index(N,) int32                     chunks (S,)
+    tasks, source_ids, records (N,) str        chunks (S,)   records: the synth record as JSON
+    sources.json   the source images (ids, paths) the samples were made from
+    _done/000007.json  shard 7 is finished: its sample range and the sha256 of each of its files
+
+Group attribute ``fmclip`` holds the settings (engine version, resolved config, seed, sizes,
+dataset identity). A shard is the unit of work: one worker makes all its samples and writes
+every array's part of it in whole-shard writes (partial shard writes from parallel writers
+lose data in zarr), and the driver commits its ``_done`` marker only afterwards.
+
+Example:
+    >>> store = create_store("c.zarr", settings, spec)          # doctest: +SKIP
+    >>> checks = write_shard("c.zarr", 0, seeds[:256])           # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT = "fmclip-cache/1"
+ARRAYS_2D = ("images", "masks")
+ARRAYS_1D = {"labels": "uint8", "seeds": "uint64", "source_index": "int32",
+             "tasks": str, "source_ids": str, "records": str}
+DONE = "_done"
+
+
+class CacheError(Exception):
+    """A cache that cannot be used as asked; the message names the store and the reason."""
+
+
+def quantize(image: np.ndarray, dtype: str) -> np.ndarray:
+    """The stored form of a float image in [0, 1]: uint8 (rounded) or float16."""
+    if dtype == "uint8":
+        return np.rint(np.asarray(image, np.float32) * 255.0).astype(np.uint8)
+    return np.asarray(image, np.float32).astype(np.float16)
+
+
+def make_samples(sources: Any, config: Any, seeds: list[int], dtype: str) -> dict[str, Any]:
+    """Synthesise the samples with these seeds: stored-form arrays and per-sample metadata.
+    Sample with seed s starts from source image ``source_index(s, len(sources))``."""
+    import synth
+
+    from .sources import source_index
+
+    n, size = len(seeds), sources.size
+    out: dict[str, Any] = {"images": np.empty((n, size, size), np.uint8 if dtype == "uint8" else np.float16),
+                           "masks": np.empty((n, size, size), np.uint8)}
+    meta: dict[str, list] = {k: [] for k in ARRAYS_1D}
+    for i, seed in enumerate(seeds):
+        src = source_index(seed, len(sources))
+        image, fg = sources.read(src)
+        result, mask, record = synth.synthesize(image, rng=int(seed), foreground=fg, config=config,
+                                                source_id=sources.source_id(src))
+        out["images"][i] = quantize(result, dtype)
+        out["masks"][i] = mask > 0.5
+        meta["labels"].append(int(out["masks"][i].any()))
+        meta["seeds"].append(int(seed))
+        meta["source_index"].append(src)
+        meta["tasks"].append(record.task)
+        meta["source_ids"].append(sources.source_id(src))
+        meta["records"].append(record.to_json())
+    for key, dt in ARRAYS_1D.items():
+        out[key] = np.array(meta[key], dtype=object if dt is str else dt)
+    return out
+
+
+def shard_range(shard: int, samples: int, shard_size: int) -> tuple[int, int]:
+    return shard * shard_size, min(samples, (shard + 1) * shard_size)
+
+
+def n_shards(samples: int, shard_size: int) -> int:
+    return -(-samples // shard_size)
+
+
+def shard_keys(shard: int) -> list[str]:
+    """The files (relative to the store) that hold this shard's data, one per array."""
+    return [f"{name}/c/{shard}/0/0" for name in ARRAYS_2D] + [f"{name}/c/{shard}" for name in ARRAYS_1D]
+
+
+def file_checksums(path: str | Path, shard: int) -> dict[str, str | None]:
+    """sha256 of each file of the shard; None where zarr wrote none (an all-fill chunk)."""
+    sums: dict[str, str | None] = {}
+    for key in shard_keys(shard):
+        f = Path(path) / key
+        sums[key] = hashlib.sha256(f.read_bytes()).hexdigest() if f.is_file() else None
+    return sums
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)  # readers see the old state or the whole new file, never half
+
+
+def read_settings(path: str | Path) -> dict[str, Any] | None:
+    """The store's settings, or None when ``path`` is not a finished-initialised fmclip cache."""
+    meta = Path(path) / "zarr.json"
+    if not meta.is_file() or not (Path(path) / DONE).is_dir():
+        return None
+    try:
+        attrs = json.loads(meta.read_text()).get("attributes", {})
+    except (OSError, ValueError):
+        return None
+    settings = attrs.get("fmclip")
+    return settings if isinstance(settings, dict) and settings.get("format") == FORMAT else None
+
+
+def is_ours(path: Path) -> bool:
+    """True for a store this module made (even half-initialised): safe to delete on --overwrite."""
+    try:
+        attrs = json.loads((path / "zarr.json").read_text()).get("attributes", {})
+    except (OSError, ValueError):
+        return False
+    return attrs.get("fmclip", {}).get("format") == FORMAT
+
+
+def create_store(path: str | Path, settings: dict[str, Any], spec: dict[str, Any]) -> None:
+    """Create the empty group and arrays; ``_done/`` is made last, so a store killed while
+    being created is recognised as such (no ``_done``) and made again."""
+    import zarr
+
+    path = Path(path)
+    n, size, s = settings["samples"], settings["size"], settings["shard_size"]
+    group = zarr.open_group(str(path), mode="w", zarr_format=3, attributes={"fmclip": settings})
+    img_dtype = "uint8" if settings["dtype"] == "uint8" else "float16"
+    for name, dt in (("images", img_dtype), ("masks", "uint8")):
+        group.create_array(name, shape=(n, size, size), dtype=dt, chunks=(1, size, size),
+                           shards=(s, size, size), fill_value=0, dimension_names=("sample", "y", "x"))
+    for name, dt in ARRAYS_1D.items():
+        group.create_array(name, shape=(n,), dtype=dt, chunks=(s,), dimension_names=("sample",),
+                           fill_value="" if dt is str else 0)
+    atomic_write_text(path / "sources.json", json.dumps(spec))
+    (path / DONE).mkdir()
+
+
+def prepare_store(path: str | Path, settings: dict[str, Any], spec: dict[str, Any], overwrite: bool) -> set[int]:
+    """Create the store, or reopen one made with the same settings; returns the finished shards.
+    A store made with other settings is refused unless ``overwrite``."""
+    path = Path(path)
+    existing = read_settings(path)
+    if existing is not None and existing != settings and not overwrite:
+        changed = sorted(k for k in set(existing) | set(settings) if existing.get(k) != settings.get(k))
+        raise CacheError(f"{path}: made with other settings (differs in: {', '.join(changed)}); "
+                         f"use --overwrite to replace it, or another --out")
+    if existing == settings:
+        return finished_shards(path)
+    if path.exists():
+        if is_ours(path) or (path.is_dir() and not any(path.iterdir())):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        else:
+            raise CacheError(f"{path}: exists and is not an fmclip cache; refusing to replace it")
+    create_store(path, settings, spec)
+    return set()
+
+
+def finished_shards(path: str | Path) -> set[int]:
+    return {int(p.stem) for p in (Path(path) / DONE).glob("*.json")}
+
+
+def mark_done(path: str | Path, shard: int, start: int, stop: int, sums: dict[str, str | None]) -> None:
+    marker = Path(path) / DONE / f"{shard:06d}.json"
+    atomic_write_text(marker, json.dumps({"shard": shard, "start": start, "stop": stop, "sha256": sums}))
+
+
+def read_marker(path: str | Path, shard: int) -> dict[str, Any] | None:
+    marker = Path(path) / DONE / f"{shard:06d}.json"
+    return json.loads(marker.read_text()) if marker.is_file() else None
+
+
+# -- the worker side: one process-wide state per store, loaded lazily (spawned and Dask workers alike)
+
+_STATE: dict[str, Any] = {}
+
+
+def single_thread() -> None:
+    """One thread per worker process: parallelism is across processes, and idle OpenMP or
+    numba threads would spin against the serial kernels."""
+    for var in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = "1"
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+def _state(path: str) -> dict[str, Any]:
+    if _STATE.get("path") != path:
+        import zarr
+
+        import synth
+
+        from .sources import SourceSet
+
+        zarr.config.set({"async.concurrency": 4, "threading.max_workers": 1})
+        settings = read_settings(path)
+        if settings is None:
+            raise CacheError(f"{path}: not an initialised fmclip cache")
+        spec = json.loads((Path(path) / "sources.json").read_text())
+        group = zarr.open_group(path, mode="r+")
+        _STATE.clear()
+        _STATE.update(path=path, settings=settings, sources=SourceSet(spec),
+                      config=synth.SynthesisConfig.from_dict(settings["config"]),
+                      arrays={name: group[name] for name in (*ARRAYS_2D, *ARRAYS_1D)})
+    return _STATE
+
+
+def write_shard(path: str, shard: int, seeds: list[int]) -> dict[str, Any]:
+    """Make and write one whole shard; returns its range and file checksums (the driver
+    commits the marker). Runs in a worker process: local pool or Dask."""
+    state = _state(path)
+    settings = state["settings"]
+    start, stop = shard_range(shard, settings["samples"], settings["shard_size"])
+    # Whole shards only: a partial write racing another writer of the same shard loses data.
+    assert len(seeds) == stop - start and start % settings["shard_size"] == 0, (shard, start, stop, len(seeds))
+    data = make_samples(state["sources"], state["config"], seeds, settings["dtype"])
+    for name, array in state["arrays"].items():
+        array[start:stop] = data[name]
+    return {"shard": shard, "start": start, "stop": stop, "sha256": file_checksums(path, shard)}

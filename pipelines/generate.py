@@ -1,0 +1,200 @@
+"""``fmclip generate --data DATA --out CACHE.zarr --samples N --seed S``: pre-generate a synthetic
+training set into a sharded zarr v3 cache, on local processes (``--workers W``) or on Dask
+(``--dask-local N`` starts a local cluster, ``--scheduler ADDRESS`` joins one).
+
+Sample i uses seed ``synth.spawn_seeds(S, N)[i]`` and a source image drawn from that seed, so
+the bytes depend on neither the worker count nor the backend. Killed at any moment and run
+again with the same arguments, it rewrites only the shards that have no ``_done`` marker.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import contextlib
+import fcntl
+import json
+import multiprocessing as mp
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .cache import (
+    FORMAT,
+    CacheError,
+    mark_done,
+    n_shards,
+    prepare_store,
+    shard_range,
+    single_thread,
+    write_shard,
+)
+from .sources import DataError, source_spec
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="prepared dataset (index.jsonl) or a folder of normal images")
+    parser.add_argument("--support", default=None, help="few-shot support file: use only its images")
+    parser.add_argument("--out", required=True, help="cache to write, e.g. cache.zarr (resumed if it exists)")
+    parser.add_argument("--samples", type=int, required=True, help="number of samples N")
+    parser.add_argument("--seed", type=int, required=True, help="seed S of the whole set")
+    parser.add_argument("--size", type=int, default=224, help="working size; folder images are resized to it")
+    parser.add_argument("--shard-size", type=int, default=256, help="samples per shard (the unit of work)")
+    parser.add_argument("--dtype", choices=("uint8", "float16"), default="uint8", help="stored image type")
+    parser.add_argument("--config", default=None, help="SynthesisConfig as JSON (SynthesisConfig.to_dict)")
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="local processes")
+    backend = parser.add_mutually_exclusive_group()
+    backend.add_argument("--dask-local", type=int, default=None, metavar="N", help="start a local Dask cluster")
+    backend.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                         help="Dask scheduler, e.g. tcp://host:8786 (--out must be on a shared file system)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a cache made with other settings")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def build_settings(args: argparse.Namespace, spec: dict[str, Any]) -> dict[str, Any]:
+    """Everything that decides the bytes; a store is resumed only under equal settings."""
+    import synth
+
+    config = synth.SynthesisConfig()
+    if args.config:
+        try:
+            config = synth.SynthesisConfig.from_dict(json.loads(Path(args.config).read_text()))
+        except (OSError, ValueError, TypeError) as exc:
+            raise DataError(f"{args.config}: cannot read the synthesis config ({exc})") from None
+    return {"format": FORMAT, "engine_version": synth.ENGINE_VERSION, "config": config.to_dict(),
+            "seed": int(args.seed), "samples": int(args.samples), "shard_size": int(args.shard_size),
+            "size": int(args.size), "dtype": args.dtype, "dataset": spec["identity"],
+            "source_selection": "source_index(seed) = default_rng(SeedSequence(seed, spawn_key=(0x5EED,)))"
+                                ".integers(number of sources)"}
+
+
+def _die_with_parent() -> None:
+    """Linux: a worker dies when its driver does, so a killed run leaves no orphan writing a
+    shard that the next run will also write."""
+    with contextlib.suppress(Exception):
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:
+            os._exit(1)
+
+
+def _init_worker() -> None:
+    _die_with_parent()
+    single_thread()
+
+
+def _run_shard_dask(path: str, shard: int, seeds: list[int]) -> dict[str, Any]:
+    single_thread()
+    return write_shard(path, shard, seeds)
+
+
+def _local(path: str, jobs: dict[int, list[int]], workers: int) -> Iterator[dict[str, Any]]:
+    if workers <= 1:  # in-process: no spawn cost, and easier to debug
+        single_thread()
+        for shard, seeds in jobs.items():
+            yield write_shard(path, shard, seeds)
+        return
+    ctx = mp.get_context("spawn")  # fork would copy the driver's threads and locks
+    with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
+        futures = [pool.submit(write_shard, path, shard, seeds) for shard, seeds in jobs.items()]
+        try:
+            for future in cf.as_completed(futures):
+                yield future.result()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+
+
+def _dask(path: str, jobs: dict[int, list[int]], local: int | None, address: str | None) -> Iterator[dict[str, Any]]:
+    from distributed import Client, LocalCluster, as_completed
+
+    threads = {v: "1" for v in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    with contextlib.ExitStack() as stack:
+        if local is not None:
+            cluster = stack.enter_context(LocalCluster(n_workers=local, threads_per_worker=1, processes=True,
+                                                       dashboard_address=None, env=threads))
+            client = stack.enter_context(Client(cluster))
+        else:
+            client = stack.enter_context(Client(address, timeout="30s"))
+        # pure=False and no retries: a shard is computed by exactly one task attempt per run.
+        futures = [client.submit(_run_shard_dask, path, shard, seeds, pure=False, retries=0,
+                                 key=f"fmclip-shard-{shard}-{os.getpid()}") for shard, seeds in jobs.items()]
+        for future in as_completed(futures):
+            yield future.result()
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """One generate per store at a time (a second would write the same shards)."""
+    lock_path = out.with_name(f".{out.name}.lock")
+    with open(lock_path, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CacheError(f"{out}: another `fmclip generate` is writing this cache") from None
+        yield
+
+
+def generate(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the generation; returns a summary. Raises DataError / CacheError / OSError."""
+    import synth
+
+    if args.samples < 1 or args.shard_size < 1 or args.size < 16:
+        raise DataError("--samples and --shard-size must be positive and --size at least 16")
+    spec = source_spec(args.data, size=args.size, support=args.support)
+    settings = build_settings(args, spec)
+    out = Path(args.out)
+    if out.parent.exists() and not out.parent.is_dir():
+        raise CacheError(f"{out}: cannot create the cache ({out.parent} is not a folder)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(out.parent, os.W_OK):
+        raise CacheError(f"{out}: cannot create the cache ({out.parent} is not writable)")
+    with _exclusive(out):
+        done = prepare_store(out, settings, spec, args.overwrite)
+        total = n_shards(args.samples, args.shard_size)
+        seeds = synth.spawn_seeds(args.seed, args.samples)
+        jobs: dict[int, list[int]] = {}
+        for shard in range(total):
+            if shard not in done:
+                start, stop = shard_range(shard, args.samples, args.shard_size)
+                jobs[shard] = seeds[start:stop]
+        from tqdm import tqdm
+
+        finished = sum(shard_range(s, args.samples, args.shard_size)[1] - shard_range(s, args.samples,
+                                                                                    args.shard_size)[0] for s in done)
+        bar = tqdm(total=args.samples, initial=finished, unit="sample", desc=f"generate {out.name}",
+                   disable=args.no_progress, dynamic_ncols=True)
+        if args.dask_local is not None or args.scheduler:
+            results = _dask(str(out), jobs, args.dask_local, args.scheduler)
+        else:
+            results = _local(str(out), jobs, args.workers)
+        written: set[int] = set()
+        with bar:
+            for result in results:
+                shard = result["shard"]
+                # Each shard is written by exactly one task of this run.
+                assert shard in jobs and shard not in written, f"shard {shard} written twice"
+                written.add(shard)
+                mark_done(out, shard, result["start"], result["stop"], result["sha256"])
+                bar.update(result["stop"] - result["start"])
+    return {"out": str(out), "samples": args.samples, "shards": total, "written": len(written),
+            "skipped": len(done)}
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        summary = generate(args)
+    except (DataError, CacheError) as exc:
+        print(f"fmclip generate: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        where = exc.filename or args.out
+        print(f"fmclip generate: error: {where}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    print(f"{summary['out']}: {summary['samples']} samples in {summary['shards']} shards "
+          f"({summary['written']} written now, {summary['skipped']} already finished)")
+    return 0

@@ -1,0 +1,152 @@
+"""The normal images a synthetic set is made from: a prepared dataset or a plain image folder.
+
+One small reader so that ``generate``, ``verify`` and the on-the-fly loader see the same
+images in the same order::
+
+    spec = source_spec("prepared/brainmri", size=224)     # picklable: travels to workers
+    images = SourceSet(spec)
+    image, foreground = images.read(0)                    # float32 [0, 1] (H, W), bool or None
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+class DataError(Exception):
+    """The --data input cannot be used; the message names the path and the reason."""
+
+
+def _folder_items(folder: Path) -> list[dict[str, Any]]:
+    try:
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                       and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    except OSError as exc:
+        raise DataError(f"{folder}: cannot list the folder ({exc.strerror or exc})") from None
+    return [{"id": p.relative_to(folder).as_posix(), "image": str(p), "foreground": None} for p in files]
+
+
+def _prepared_items(prepared: Path, support: str | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    from dataprep import read_index
+    from dataprep.fewshot import dataset_identity, load_support
+
+    records = read_index(prepared)
+    if support:
+        try:
+            chosen = set(load_support(support, prepared)["support"])
+        except (OSError, ValueError, KeyError) as exc:
+            raise DataError(f"{support}: cannot use this support file ({exc})") from None
+        records = [r for r in records if r["id"] in chosen]
+    else:  # the normal training images: synthesis starts from normal anatomy
+        records = [r for r in records if r["split"] == "train" and int(r["label"]) == 0]
+    records.sort(key=lambda r: r["id"])
+    items = [{"id": r["id"], "image": str(prepared / r["image"]),
+              "foreground": str(prepared / r["foreground"]) if r.get("foreground") else None} for r in records]
+    ident = dataset_identity(prepared)
+    ident.pop("path", None)  # the set may move; its content names it
+    ident["ids_sha256"] = hashlib.sha256("\n".join(i["id"] for i in items).encode()).hexdigest()
+    return items, ident
+
+
+def source_spec(data: str | Path, size: int = 224, support: str | None = None) -> dict[str, Any]:
+    """Resolve ``--data`` into a picklable spec: items (id, image path, foreground path),
+    the working size and the dataset's identity. Raises :class:`DataError` naming the path."""
+    root = Path(data)
+    if not root.exists():
+        raise DataError(f"{root}: --data not found")
+    if not root.is_dir():
+        raise DataError(f"{root}: --data must be a prepared dataset or a folder of images, not a file")
+    if (root / "index.jsonl").is_file():
+        try:
+            items, ident = _prepared_items(root, support)
+        except DataError:
+            raise
+        except Exception as exc:  # dataprep's own errors name the file
+            raise DataError(f"{root}: cannot read the prepared dataset ({exc})") from None
+        kind = "prepared"
+    else:
+        if support:
+            raise DataError(f"{support}: --support needs a prepared dataset as --data ({root} has no index.jsonl)")
+        items, kind = _folder_items(root), "folder"
+        digest = hashlib.sha256()
+        for item in items:  # content, not names or times: a copied folder keeps its identity
+            try:
+                raw = Path(item["image"]).read_bytes()
+            except OSError as exc:
+                raise DataError(f"{item['image']}: cannot read ({exc.strerror or exc})") from None
+            if cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_UNCHANGED) is None:
+                raise DataError(f"{item['image']}: not a readable image")
+            digest.update(item["id"].encode() + b"\0" + hashlib.sha256(raw).digest())
+        ident = {"name": root.name, "files": len(items), "content_sha256": digest.hexdigest()}
+    if not items:
+        raise DataError(f"{root}: no usable normal images found in --data")
+    return {"kind": kind, "root": str(root.resolve()), "size": int(size), "items": items, "identity": ident}
+
+
+def _read_grey(path: str) -> np.ndarray:
+    arr = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        raise DataError(f"{path}: not a readable image")
+    if arr.ndim == 3:
+        arr = cv2.cvtColor(arr[..., :3], cv2.COLOR_BGR2GRAY)
+    scale = 65535.0 if arr.dtype == np.uint16 else 255.0
+    return (arr.astype(np.float32) / np.float32(scale)).clip(0.0, 1.0)
+
+
+class SourceSet:
+    """Reads the spec's images at the working size, keeping the most recent ones in memory.
+
+    Example:
+        >>> images = SourceSet(source_spec("folder_of_pngs", size=64))  # doctest: +SKIP
+        >>> images.read(0)[0].shape                                      # doctest: +SKIP
+        (64, 64)
+    """
+
+    def __init__(self, spec: dict[str, Any], keep: int = 256) -> None:
+        self.spec, self.size, self.keep = spec, int(spec["size"]), keep
+        self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.spec["items"])
+
+    def source_id(self, index: int) -> str:
+        return self.spec["items"][index]["id"]
+
+    def read(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """(image float32 (size, size) in [0, 1], anatomy bool mask or None)."""
+        if index in self._cache:
+            self._cache.move_to_end(index)
+            return self._cache[index]
+        item = self.spec["items"][index]
+        image = _read_grey(item["image"])
+        if image.shape != (self.size, self.size):
+            image = cv2.resize(image, (self.size, self.size), interpolation=cv2.INTER_AREA).clip(0.0, 1.0)
+        fg = None
+        if item["foreground"]:
+            fg = _read_grey(item["foreground"]) > 0.5
+            if fg.shape != image.shape:
+                fg = cv2.resize(fg.astype(np.uint8), (self.size, self.size), interpolation=cv2.INTER_NEAREST) > 0
+            if not fg.any():  # synth refuses an empty anatomy; the whole frame is the honest fallback
+                fg = None
+        self._cache[index] = (image, fg)
+        if len(self._cache) > self.keep:
+            self._cache.popitem(last=False)
+        return image, fg
+
+
+def source_index(seed: int, n_sources: int) -> int:
+    """The source image of the sample with this seed: drawn from a stream spawned off the
+    seed (not the seed's own stream, which synthesis uses), so it depends on nothing else."""
+    return int(np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(0x5EED,))).integers(n_sources))
+
+
+def spec_json(spec: dict[str, Any]) -> str:
+    return json.dumps(spec, sort_keys=True)

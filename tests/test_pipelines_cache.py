@@ -1,0 +1,230 @@
+"""The zarr cache: deterministic generation across worker counts and backends, resume after
+SIGKILL, verify naming a damaged shard, exactly-once loading, clear input errors."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import zarr
+
+from pipelines import cli
+from pipelines.cache import ARRAYS_1D, file_checksums, mark_done
+
+ROOT = Path(__file__).resolve().parents[1]
+ARRAYS = ("images", "masks", *ARRAYS_1D)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    """Six small grey normal images of different textures, one of them colour (converted to grey)."""
+    folder = tmp_path_factory.mktemp("normals")
+    yy, xx = np.mgrid[:80, :80]
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        img = 0.45 + 0.3 * np.sin(xx / (4 + i)) * np.cos(yy / (6 + i)) + 0.05 * rng.random((80, 80))
+        pixels = (img.clip(0, 1) * 255).astype(np.uint8)
+        if i == 5:
+            pixels = np.stack([pixels, pixels, pixels], -1)
+        cv2.imwrite(str(folder / f"normal_{i}.png"), pixels)
+    return folder
+
+
+def gen(data: Path, out: Path, *extra: str, samples: int = 24, seed: int = 7) -> int:
+    return cli.main(["generate", "--data", str(data), "--out", str(out), "--samples", str(samples),
+                     "--seed", str(seed), "--size", "64", "--shard-size", "8", "--no-progress", *extra])
+
+
+def arrays(path: Path) -> dict[str, np.ndarray]:
+    group = zarr.open_group(str(path), mode="r")
+    return {name: group[name][:] for name in ARRAYS}
+
+
+def assert_same(a: Path, b: Path) -> None:
+    x, y = arrays(a), arrays(b)
+    for name in ARRAYS:
+        assert np.array_equal(x[name], y[name]), name
+
+
+@pytest.fixture(scope="module")
+def reference(images, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ref") / "one.zarr"
+    assert gen(images, out, "--workers", "1") == 0
+    return out
+
+
+def test_store_layout_and_contents(reference):
+    group = zarr.open_group(str(reference), mode="r")
+    settings = group.attrs["fmclip"]
+    assert settings["samples"] == 24 and settings["dataset"]["files"] == 6 and "config" in settings
+    img = group["images"]
+    assert img.dtype == np.uint8 and img.shape == (24, 64, 64)
+    assert img.shards == (8, 64, 64) and img.chunks == (1, 64, 64)
+    data = arrays(reference)
+    assert set(np.unique(data["masks"])) <= {0, 1}
+    # labels follow the masks, and the record carries the stored seed and task
+    assert np.array_equal(data["labels"], data["masks"].reshape(24, -1).any(1).astype(np.uint8))
+    for i in range(24):
+        record = json.loads(data["records"][i])
+        assert record["seed"] == int(data["seeds"][i]) and record["task"] == data["tasks"][i]
+        assert data["source_ids"][i].startswith("normal_")
+    assert len({str(t) for t in data["tasks"]}) > 2  # a real mix of tasks, not one repeated
+    assert len(list((reference / "_done").glob("*.json"))) == 3
+
+
+def test_two_workers_and_dask_write_the_same_arrays(images, reference, tmp_path):
+    assert gen(images, tmp_path / "two.zarr", "--workers", "2") == 0
+    assert_same(reference, tmp_path / "two.zarr")
+    assert gen(images, tmp_path / "dask.zarr", "--dask-local", "2") == 0
+    assert_same(reference, tmp_path / "dask.zarr")
+    # same bytes on disk too, not just equal decoded values
+    for shard in range(3):
+        assert file_checksums(reference, shard) == file_checksums(tmp_path / "dask.zarr", shard)
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(images, tmp_path):
+    n = 480
+    out = tmp_path / "killed.zarr"
+    cmd = [sys.executable, "-m", "pipelines.cli", "generate", "--data", str(images), "--out", str(out),
+           "--samples", str(n), "--seed", "3", "--size", "64", "--shard-size", "8", "--workers", "2",
+           "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    done = out / "_done"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(done.glob("*.json")) if done.is_dir() else []) < 3:
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its workers, mid-way
+    proc.wait()
+    finished = sorted(done.glob("*.json"))
+    assert 3 <= len(finished) < n // 8, "the run was not interrupted mid-way"
+    shards = [int(p.stem) for p in finished]
+    before = {p: p.stat().st_mtime_ns for s in shards for p in
+              [out / k for k in file_checksums(out, s)] + [done / f"{s:06d}.json"] if p.exists()}
+
+    assert gen(images, out, "--workers", "2", samples=n, seed=3) == 0
+    after = {p: p.stat().st_mtime_ns for p in before}
+    assert after == before, "a finished shard was rewritten"
+    assert len(list(done.glob("*.json"))) == n // 8
+    assert gen(images, tmp_path / "whole.zarr", "--workers", "1", samples=n, seed=3) == 0
+    assert_same(out, tmp_path / "whole.zarr")
+    assert len(set(arrays(out)["seeds"].tolist())) == n  # no sample missing or duplicated
+
+
+def test_other_settings_are_refused_unless_overwrite(images, reference, tmp_path, capsys):
+    out = tmp_path / "c.zarr"
+    assert gen(images, out, "--workers", "1") == 0
+    assert gen(images, out, "--workers", "1", seed=8) == 2
+    err = capsys.readouterr().err
+    assert "seed" in err and "--overwrite" in err and "Traceback" not in err
+    assert_same(out, reference)  # untouched
+    assert gen(images, out, "--workers", "1", "--overwrite", seed=8) == 0
+    assert not np.array_equal(arrays(out)["seeds"], arrays(reference)["seeds"])
+
+
+def test_verify_passes_then_names_the_corrupted_shard(reference, tmp_path, capsys):
+    from pipelines.cli import main
+
+    assert main(["verify", str(reference), "--replay", "24"]) == 0
+    assert "OK" in capsys.readouterr().out
+    bad = tmp_path / "bad.zarr"
+    subprocess.run(["cp", "-r", str(reference), str(bad)], check=True)
+    shard_file = bad / "images" / "c" / "1" / "0" / "0"
+    raw = bytearray(shard_file.read_bytes())
+    raw[len(raw) // 3] ^= 0xFF  # inside one chunk of shard 1
+    shard_file.write_bytes(bytes(raw))
+    assert main(["verify", str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert "shard 1 " in out and "images/c/1/0/0" in out
+    assert "shard 0" not in out and "shard 2" not in out
+
+
+def test_verify_regenerates_and_catches_a_changed_sample(reference, tmp_path, capsys):
+    bad = tmp_path / "changed.zarr"
+    subprocess.run(["cp", "-r", str(reference), str(bad)], check=True)
+    group = zarr.open_group(str(bad), mode="r+")
+    images = group["images"][16:24]
+    images[3] = 255 - images[3]
+    group["images"][16:24] = images  # a whole-shard write, then a fresh checksum: only replay can tell
+    mark_done(bad, 2, 16, 24, file_checksums(bad, 2))
+    assert cli.main(["verify", str(bad), "--replay", "24"]) == 1
+    out = capsys.readouterr().out
+    assert "sample 19 (shard 2)" in out and "sample 18" not in out
+
+
+def test_loader_two_workers_two_ranks_every_sample_once(reference):
+    import torch
+    from torch.utils.data import DataLoader
+
+    from pipelines.loader import CachedDataset
+
+    stored = arrays(reference)
+    epochs: list[list[int]] = []
+    for epoch in (0, 1):
+        seen: list[int] = []
+        for rank in (0, 1):
+            ds = CachedDataset(reference, seed=1, window=4, block=4, rank=rank, world_size=2)
+            assert len(ds) == 12
+            ds.set_epoch(epoch)
+            loader = DataLoader(ds, batch_size=5, num_workers=2, multiprocessing_context="spawn")
+            got = []
+            for batch in loader:
+                assert batch["image"].dtype == torch.float32 and batch["image"].shape[1:] == (1, 64, 64)
+                for k, i in enumerate(batch["index"].tolist()):
+                    assert torch.equal(batch["image"][k, 0], torch.from_numpy(stored["images"][i]).float() / 255)
+                    assert torch.equal(batch["gt_mask"][k, 0], torch.from_numpy(stored["masks"][i]).float())
+                    assert batch["gt_label"][k].item() == stored["labels"][i]
+                    assert batch["task"][k] == stored["tasks"][i]
+                    assert batch["source_id"][k] == stored["source_ids"][i]
+                got += batch["index"].tolist()
+            assert len(got) == 12
+            seen += got
+        assert sorted(seen) == list(range(24))  # both ranks, both workers each: every sample exactly once
+        epochs.append(seen)
+    assert epochs[0] != epochs[1]  # reshuffled between epochs
+
+
+def test_on_the_fly_dataset_equals_the_cache(images, reference):
+    import torch
+
+    from pipelines.loader import CachedDataset, SynthDataset
+
+    cached = CachedDataset(reference)
+    live = SynthDataset(images, samples=24, seed=7, size=64, shuffle=False)
+    for i in (0, 9, 23):
+        a, b = cached[i], live[i]
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["gt_mask"], b["gt_mask"])
+        assert a["task"] == b["task"] and a["source_id"] == b["source_id"]
+    assert [item["index"] for item in live] == list(range(24))
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "unreadable", "file"])
+def test_bad_data_is_a_clear_error(case, tmp_path, capsys):
+    data = tmp_path / "data"
+    if case == "empty":
+        data.mkdir()
+    elif case == "unreadable":
+        data.mkdir()
+        (data / "broken.png").write_bytes(b"not a png at all")
+    elif case == "file":
+        data.write_text("x")
+    assert gen(data, tmp_path / "c.zarr") == 2
+    err = capsys.readouterr().err
+    assert str(data) in err and "error" in err and "Traceback" not in err
+    assert not (tmp_path / "c.zarr").exists()
+
+
+def test_unwritable_out_is_a_clear_error(images, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    out = blocker / "c.zarr"  # its parent is a file: nothing can be created there, even as root
+    assert gen(images, out) == 2
+    err = capsys.readouterr().err
+    assert str(out) in err and "not a folder" in err and "Traceback" not in err
