@@ -41,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, required=True, help="seed S of the whole set")
     parser.add_argument("--size", type=int, default=224, help="working size; folder images are resized to it")
     parser.add_argument("--shard-size", type=int, default=256, help="samples per shard (the unit of work)")
+    parser.add_argument("--chunk-size", type=int, default=16,
+                        help="samples per chunk, the unit of reading (divides --shard-size; default 16)")
     parser.add_argument("--dtype", choices=("uint8", "float16"), default="uint8", help="stored image type")
     parser.add_argument("--config", default=None, help="SynthesisConfig as JSON (SynthesisConfig.to_dict)")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="local processes")
@@ -64,6 +66,7 @@ def build_settings(args: argparse.Namespace, spec: dict[str, Any]) -> dict[str, 
             raise DataError(f"{args.config}: cannot read the synthesis config ({exc})") from None
     return {"format": FORMAT, "engine_version": synth.ENGINE_VERSION, "config": config.to_dict(),
             "seed": int(args.seed), "samples": int(args.samples), "shard_size": int(args.shard_size),
+            "chunk_size": min(int(args.chunk_size), int(args.shard_size)),
             "size": int(args.size), "dtype": args.dtype, "dataset": spec["identity"],
             "source_selection": "source_index(seed) = default_rng(SeedSequence(seed, spawn_key=(0x5EED,)))"
                                 ".integers(number of sources)"}
@@ -143,8 +146,10 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
     """Run the generation; returns a summary. Raises DataError / CacheError / OSError."""
     import synth
 
-    if args.samples < 1 or args.shard_size < 1 or args.size < 16:
-        raise DataError("--samples and --shard-size must be positive and --size at least 16")
+    if args.samples < 1 or args.shard_size < 1 or args.chunk_size < 1 or args.size < 16:
+        raise DataError("--samples, --shard-size and --chunk-size must be positive and --size at least 16")
+    if args.shard_size % min(args.chunk_size, args.shard_size):
+        raise DataError(f"--chunk-size {args.chunk_size} must divide --shard-size {args.shard_size}")
     spec = source_spec(args.data, size=args.size, support=args.support)
     settings = build_settings(args, spec)
     out = Path(args.out)

@@ -39,7 +39,7 @@ def images(tmp_path_factory) -> Path:
 
 def gen(data: Path, out: Path, *extra: str, samples: int = 24, seed: int = 7) -> int:
     return cli.main(["generate", "--data", str(data), "--out", str(out), "--samples", str(samples),
-                     "--seed", str(seed), "--size", "64", "--shard-size", "8", "--no-progress", *extra])
+                     "--seed", str(seed), "--size", "64", "--shard-size", "8", "--chunk-size", "4", "--no-progress", *extra])
 
 
 def arrays(path: Path) -> dict[str, np.ndarray]:
@@ -66,7 +66,7 @@ def test_store_layout_and_contents(reference):
     assert settings["samples"] == 24 and settings["dataset"]["files"] == 6 and "config" in settings
     img = group["images"]
     assert img.dtype == np.uint8 and img.shape == (24, 64, 64)
-    assert img.shards == (8, 64, 64) and img.chunks == (1, 64, 64)
+    assert img.shards == (8, 64, 64) and img.chunks == (4, 64, 64)
     data = arrays(reference)
     assert set(np.unique(data["masks"])) <= {0, 1}
     # labels follow the masks, and the record carries the stored seed and task
@@ -93,7 +93,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(images, tmp_path):
     n = 480
     out = tmp_path / "killed.zarr"
     cmd = [sys.executable, "-m", "pipelines.cli", "generate", "--data", str(images), "--out", str(out),
-           "--samples", str(n), "--seed", "3", "--size", "64", "--shard-size", "8", "--workers", "2",
+           "--samples", str(n), "--seed", "3", "--size", "64", "--shard-size", "8", "--chunk-size", "4", "--workers", "2",
            "--no-progress"]
     proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
