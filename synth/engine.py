@@ -6,6 +6,7 @@ import functools
 import numpy as np
 
 from .config import SynthesisConfig
+from .draws import cumulative, weighted_index
 from .records import ENGINE_VERSION, SynthesisRecord
 from .tasks import TASKS, Context
 
@@ -31,13 +32,14 @@ class TaskPool:
         self.task_names = [n for n, _ in weights]
         p = np.array([w for _, w in weights], np.float64)
         self.probabilities = p / p.sum()
+        self._cumulative = cumulative(self.probabilities)
         self.tasks = {name: TASKS[name]() for name in TASKS}
 
     def sample(self, image: np.ndarray, seed: int, foreground=None, source=None, task: str | None = None,
                source_id: str | None = None) -> tuple[SynthesisRecord, Context]:
         """Draw a record for ``image`` from ``seed`` (deterministic)."""
         rng = np.random.default_rng(seed)
-        name = task or self.task_names[int(rng.choice(len(self.task_names), p=self.probabilities))]
+        name = task or self.task_names[weighted_index(rng, self._cumulative)]
         if name not in self.tasks:
             raise ValueError(f"unknown task {name!r}; known tasks: {sorted(self.tasks)}")
         ctx = Context(self.config, image.shape[1:], foreground, source)

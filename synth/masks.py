@@ -13,6 +13,7 @@ import numpy as np
 
 from . import kernels
 from .config import MaskConfig
+from .draws import cumulative, weighted_index
 from .geometry import as_list, half_extent, inverse, random_rotation, shape_matrix, window
 
 SHAPE_KINDS = ("ellipse", "rectangle")
@@ -155,10 +156,11 @@ def random_foreground_point(rng, foreground: np.ndarray, points: list) -> np.nda
     """A uniform random anatomy pixel: rejection sampling (cheap while the anatomy is a fair
     share of the image), else an index list built once per sample in ``points``."""
     if not points:
+        shape = np.asarray(foreground.shape)
         for _ in range(32):
-            candidate = tuple(int(rng.integers(n)) for n in foreground.shape)
-            if foreground[candidate]:
-                return np.asarray(candidate, np.float64)
+            candidate = (rng.random(len(shape)) * shape).astype(np.int64)
+            if foreground[tuple(candidate)]:
+                return candidate.astype(np.float64)
         points.append(np.argwhere(foreground))
     return points[0][rng.integers(len(points[0]))].astype(np.float64)
 
@@ -218,14 +220,13 @@ def sample_lesions(rng: np.random.Generator, spatial_shape, foreground, cfg: Mas
     """Sample ``count`` anomaly masks. ``kinds`` weights the mask kinds; each mask has at
     least ``cfg.foreground_fraction`` of its pixels on ``foreground`` (when given)."""
     names = [k for k, w in kinds.items() if w > 0]
-    weights = np.array([kinds[k] for k in names], np.float64)
-    weights /= weights.sum()
+    weights = cumulative(kinds[k] for k in names)
     points = [] if points is None else points
     lesions = []
     for _ in range(count):
         lesion = None
         for attempt in range(cfg.max_tries):
-            kind = names[int(rng.choice(len(names), p=weights))]
+            kind = names[weighted_index(rng, weights)]
             field = None
             centre = _random_centre(rng, spatial_shape, foreground, points)
             if kind == "perlin":

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..draws import cumulative, weighted_index
 from ..kernels import gaussian_blur
 from ..masks import perlin_field
 from ..profiles import texture_profiles
@@ -12,8 +13,7 @@ from .base import uniform
 def sample_texture(rng: np.random.Generator, modality: str) -> dict:
     """Pick a texture profile of ``modality`` and draw its values; JSON-ready."""
     profiles = texture_profiles(modality)
-    weights = np.array([p.get("weight", 1.0) for p in profiles], np.float64)
-    profile = profiles[int(rng.choice(len(profiles), p=weights / weights.sum()))]
+    profile = profiles[weighted_index(rng, cumulative(p.get("weight", 1.0) for p in profiles))]
     kind = profile["kind"]
     drawn = {"name": profile["name"], "kind": kind, "seed": int(rng.integers(2 ** 63)),
              "level": uniform(rng, profile["level"])}
