@@ -68,15 +68,20 @@ class Task:
         out, mask = output_buffers(image, ctx, out, mask)
         for i, lesion_params in enumerate(params["lesions"]):
             lesion = ctx.lesions[i] if ctx.lesions else render(lesion_params["mask"], ctx.spatial_shape)
-            self.apply_lesion(out, lesion, lesion_params, ctx, mask)
-        np.clip(out, 0.0, 1.0, out=out)
+            touched = self.apply_lesion(out, lesion, lesion_params, ctx, mask)
+            # only the lesion's window changed, so only it needs clipping (a full-image clip
+            # costs more than a small lesion on a 3D volume)
+            region = out[(slice(None),) + touched]
+            np.clip(region, 0.0, 1.0, out=region)
         return out, mask
 
     def sample_lesion(self, rng, image, lesion: Lesion, ctx: Context) -> dict:
         raise NotImplementedError
 
-    def apply_lesion(self, out: np.ndarray, lesion: Lesion, params: dict, ctx: Context, mask: np.ndarray) -> None:
-        """Modify ``out`` (C, *spatial) in place and mark the anomaly in ``mask``."""
+    def apply_lesion(self, out: np.ndarray, lesion: Lesion, params: dict, ctx: Context,
+                     mask: np.ndarray) -> tuple[slice, ...]:
+        """Modify ``out`` (C, *spatial) in place, mark the anomaly in ``mask`` and return the
+        window (spatial slices) outside which nothing changed."""
         raise NotImplementedError
 
 

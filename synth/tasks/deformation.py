@@ -51,10 +51,11 @@ class SourceDeformation(Task):
         sink = bool(rng.random() < cfg.sink_probability)
         return {"direction": "sink" if sink else "source", "strength": strength}
 
-    def apply_lesion(self, out, lesion, params, ctx, mask) -> None:
+    def apply_lesion(self, out, lesion, params, ctx, mask):
         alpha = params["strength"] if params["direction"] == "source" else 1.0 / params["strength"]
         _warp(out, lesion, kernels.SOURCE, alpha, 0.0, 1.0, None)
         mark(mask, lesion)
+        return lesion.window
 
 
 def _peak_of_profile(stiffness: float) -> float:
@@ -98,7 +99,7 @@ class GuidedDeformation(Task):
         return {"organ": organ["organ"], "stiffness": stiffness, "k": k, "max_displacement": max_displacement,
                 "bounded_by_foreground": ctx.foreground is not None}
 
-    def apply_lesion(self, out, lesion, params, ctx, mask) -> None:
+    def apply_lesion(self, out, lesion, params, ctx, mask):
         room = None
         if params["bounded_by_foreground"]:
             if ctx.foreground is None:
@@ -107,6 +108,7 @@ class GuidedDeformation(Task):
             room = _room(ctx.foreground, lesion, params["max_displacement"])
         changed = _warp(out, lesion, kernels.GUIDED, 1.0, params["k"], params["stiffness"], room)
         mask[lesion.window][changed] = 1.0
+        return lesion.window
 
 
 # A centre whose cube of this half-size is all anatomy is more than this far from the

@@ -33,7 +33,7 @@ class GaussianIntensity(Task):
                 "blur_sigma": uniform(rng, cfg.mask_blur_sigma) * ctx.scale,
                 "noise_seed": int(rng.integers(2 ** 63))}
 
-    def apply_lesion(self, out, lesion, params, ctx, mask) -> None:
+    def apply_lesion(self, out, lesion, params, ctx, mask):
         win, weight = _blurred_mask(lesion, params["blur_sigma"], ctx.spatial_shape)
         noise = np.random.default_rng(params["noise_seed"]).standard_normal(weight.shape, np.float32)
         noise = gaussian_blur(noise, params["noise_sigma"])
@@ -43,6 +43,7 @@ class GaussianIntensity(Task):
         for c in range(out.shape[0]):
             out[c][win] += delta
         mark(mask, lesion)
+        return win
 
 
 class PathologyTexture(Task):
@@ -57,7 +58,7 @@ class PathologyTexture(Task):
                 "blur_sigma": uniform(rng, cfg.mask_blur_sigma) * ctx.scale,
                 "texture": sample_texture(rng, cfg.modality)}
 
-    def apply_lesion(self, out, lesion, params, ctx, mask) -> None:
+    def apply_lesion(self, out, lesion, params, ctx, mask):
         win, weight = _blurred_mask(lesion, params["blur_sigma"], ctx.spatial_shape)
         texture = render_texture(params["texture"], weight.shape, ctx.scale)
         weight *= np.float32(params["beta"])
@@ -65,3 +66,4 @@ class PathologyTexture(Task):
             region = out[c][win]
             region += weight * (texture - region)
         mark(mask, lesion)
+        return win

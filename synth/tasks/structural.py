@@ -54,13 +54,14 @@ class CutPaste(Task):
         matrix, offset = _source_sampler(params, lesion.centre, lesion.mask.ndim)
         return _warp_source(np.ascontiguousarray(source[channel]), lo, hi, matrix, offset)
 
-    def apply_lesion(self, out, lesion, params, ctx, mask) -> None:
+    def apply_lesion(self, out, lesion, params, ctx, mask):
         # read every channel's patch before writing: with a self-source, the paste must
         # not see its own output
         patches = [self._patch(out, lesion, params, ctx, lesion.lo, lesion.hi, c) for c in range(out.shape[0])]
         for c, patch in enumerate(patches):
             out[c][lesion.window][lesion.mask] = patch[lesion.mask]
         mark(mask, lesion)
+        return lesion.window
 
 
 class Poisson(CutPaste):
@@ -74,7 +75,7 @@ class Poisson(CutPaste):
         params["mixed"] = bool(rng.random() < ctx.config.poisson_mixed_probability)
         return params
 
-    def apply_lesion(self, out, lesion, params, ctx, mask) -> None:
+    def apply_lesion(self, out, lesion, params, ctx, mask):
         lo, hi = grow(lesion.lo, lesion.hi, 1, ctx.spatial_shape)
         win = window(lo, hi)
         local = np.zeros(tuple(b - a for a, b in zip(lo, hi)), bool)
@@ -83,3 +84,4 @@ class Poisson(CutPaste):
         for c, guide in enumerate(guides):
             out[c][win] = solve_window(out[c][win], guide, local, params["mixed"])
         mark(mask, lesion)
+        return win
