@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
@@ -47,7 +47,6 @@ class SynthesisRecord:
     modality: str = "generic"
     source_id: str | None = None
     engine_version: str = ENGINE_VERSION
-    extra: Any = field(default=None, compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "params", _freeze(self.params))
