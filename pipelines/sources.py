@@ -15,7 +15,6 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -82,8 +81,7 @@ def source_spec(data: str | Path, size: int = 224, support: str | None = None) -
                 raw = Path(item["image"]).read_bytes()
             except OSError as exc:
                 raise DataError(f"{item['image']}: cannot read ({exc.strerror or exc})") from None
-            if cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_UNCHANGED) is None:
-                raise DataError(f"{item['image']}: not a readable image")
+            _read_unit(item["image"])  # the reader the workers use; raises DataError naming the file
             digest.update(item["id"].encode() + b"\0" + hashlib.sha256(raw).digest())
         ident = {"name": root.name, "files": len(items), "content_sha256": digest.hexdigest()}
     if not items:
@@ -91,14 +89,18 @@ def source_spec(data: str | Path, size: int = 224, support: str | None = None) -
     return {"kind": kind, "root": str(root.resolve()), "size": int(size), "items": items, "identity": ident}
 
 
-def _read_grey(path: str) -> np.ndarray:
-    arr = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if arr is None:
-        raise DataError(f"{path}: not a readable image")
-    if arr.ndim == 3:
-        arr = cv2.cvtColor(arr[..., :3], cv2.COLOR_BGR2GRAY)
-    scale = 65535.0 if arr.dtype == np.uint16 else 255.0
-    return (arr.astype(np.float32) / np.float32(scale)).clip(0.0, 1.0)
+def _read_unit(path: str) -> np.ndarray:
+    """One grey image as float32 in [0, 1], through dataprep's reader (every format it
+    knows, 8/16 bit, colour to grey)."""
+    from dataprep import ReadError, ScaleIntensityToUnit, read_image
+
+    try:
+        data = read_image(path)
+    except ReadError as exc:
+        raise DataError(str(exc)) from None
+    if data.array.ndim != 2:
+        raise DataError(f"{path}: expected a 2D image, got shape {data.array.shape}")
+    return ScaleIntensityToUnit(data.meta.get("value_range"))(data.array[None])[0]
 
 
 class SourceSet:
@@ -126,14 +128,16 @@ class SourceSet:
             self._cache.move_to_end(index)
             return self._cache[index]
         item = self.spec["items"][index]
-        image = _read_grey(item["image"])
-        if image.shape != (self.size, self.size):
-            image = cv2.resize(image, (self.size, self.size), interpolation=cv2.INTER_AREA).clip(0.0, 1.0)
+        from dataprep import ResizeKeepAspect
+
+        image = _read_unit(item["image"])
+        if image.shape != (self.size, self.size):  # the working-size contract: aspect kept, padded
+            image = ResizeKeepAspect(self.size, "area")(image[None])[0].clip(0.0, 1.0)
         fg = None
         if item["foreground"]:
-            fg = _read_grey(item["foreground"]) > 0.5
+            fg = _read_unit(item["foreground"]) > 0.5
             if fg.shape != image.shape:
-                fg = cv2.resize(fg.astype(np.uint8), (self.size, self.size), interpolation=cv2.INTER_NEAREST) > 0
+                fg = ResizeKeepAspect(self.size, "mask")(fg[None].astype(np.float32))[0] > 0.5
             if not fg.any():  # synth refuses an empty anatomy; the whole frame is the honest fallback
                 fg = None
         self._cache[index] = (image, fg)
