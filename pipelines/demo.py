@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 import synth
+from dataprep import PercentileNormalize, ResizeKeepAspect
 
 DEMO_SLICES = (0.40, 0.52, 0.64)  # axial positions, as fractions of the volume's height
 COLOURS = {"mask": (0, 0, 255)}
@@ -38,18 +39,14 @@ def load_mni_brain() -> tuple[np.ndarray, np.ndarray]:
     # RAS (x, y, z) -> (z, y, x), flip y so anterior is at the top of each slice
     volume = np.transpose(np.asarray(template.get_fdata(), np.float32), (2, 1, 0))[:, ::-1, :]
     mask = np.transpose(np.asarray(brain.get_fdata()) > 0.5, (2, 1, 0))[:, ::-1, :]
-    lo, hi = np.percentile(volume[mask], [0.5, 99.5])
-    volume = np.clip((volume - lo) / (hi - lo), 0.0, 1.0) * mask  # skull-stripped, like the benchmarks' brains
+    # skull-stripped, then dataprep's brain-MRI normalisation (0.5/99.5 percentiles of the brain)
+    volume = PercentileNormalize(nonzero=True)((volume * mask)[None])[0] * mask
     return np.ascontiguousarray(volume, np.float32), np.ascontiguousarray(mask)
 
 
-def _square(image: np.ndarray, size: int, interpolation: int) -> np.ndarray:
-    """Pad to a square (keeping the aspect ratio) and resize to size x size."""
-    h, w = image.shape
-    side = max(h, w)
-    padded = np.zeros((side, side), image.dtype)
-    padded[(side - h) // 2:(side - h) // 2 + h, (side - w) // 2:(side - w) // 2 + w] = image
-    return cv2.resize(padded, (size, size), interpolation=interpolation)
+def _square(image: np.ndarray, size: int, mode: str) -> np.ndarray:
+    """A slice at the working size, aspect kept with padding (dataprep's resize)."""
+    return ResizeKeepAspect(size, mode)(image[None].astype(np.float32))[0]
 
 
 def _panel(image: np.ndarray, mask: np.ndarray, anomalous: np.ndarray, title: str) -> np.ndarray:
@@ -70,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     volume, brain = load_mni_brain()
     slices = [int(f * volume.shape[0]) for f in DEMO_SLICES]
-    images = [_square(volume[z], args.size, cv2.INTER_AREA) for z in slices]
-    masks = [_square(brain[z].astype(np.uint8), args.size, cv2.INTER_NEAREST).astype(bool) for z in slices]
+    images = [_square(volume[z], args.size, "area") for z in slices]
+    masks = [_square(brain[z], args.size, "mask") > 0.5 for z in slices]
     config = synth.SynthesisConfig(modality="brain_mri")
     seeds = iter(synth.spawn_seeds(args.seed, 10_000))
     records, sheet = [], []
@@ -98,9 +95,8 @@ def run(args: argparse.Namespace) -> int:
         result = synth.synthesize(small, rng=next(seeds), foreground=small_brain, task=task, config=config,
                                   layout="DHW")
         z = int(np.argmax(result.mask.sum(axis=(1, 2))))
-        rows.append(_panel(_square(small[z], args.size, cv2.INTER_LINEAR),
-                           _square(result.mask[z], args.size, cv2.INTER_NEAREST),
-                           _square(result.image[z], args.size, cv2.INTER_LINEAR), f"3D {task} z={z}"))
+        rows.append(_panel(_square(small[z], args.size, "linear"), _square(result.mask[z], args.size, "mask"),
+                           _square(result.image[z], args.size, "linear"), f"3D {task} z={z}"))
         records.append({"volume": list(small.shape), **result.record.to_dict()})
     cv2.imwrite(str(out_dir / "gallery_3d.png"), np.concatenate(rows, axis=0))
     with open(out_dir / "records.jsonl", "w") as fh:
