@@ -14,7 +14,7 @@ import numpy as np
 from . import kernels
 from .config import MaskConfig
 from .draws import cumulative, weighted_index
-from .geometry import as_list, half_extent, inverse, random_rotation, shape_matrix, window
+from .geometry import as_list, grow, half_extent, inverse, random_rotation, shape_matrix, window
 
 SHAPE_KINDS = ("ellipse", "rectangle")
 MASK_KINDS = ("perlin",) + SHAPE_KINDS
@@ -32,6 +32,20 @@ class Lesion:
     @property
     def window(self):
         return window(self.lo, self.hi)
+
+    def grown(self, margin: int, spatial_shape) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The lesion's window grown by ``margin`` pixels, clipped to the image: (lo, hi)."""
+        return grow(self.lo, self.hi, margin, spatial_shape)
+
+    def inside(self, lo) -> tuple[slice, ...]:
+        """Where the lesion's window sits within a larger window starting at ``lo``."""
+        return tuple(slice(a - b, a - b + n) for a, b, n in zip(self.lo, lo, self.mask.shape))
+
+    def mask_in(self, lo, hi, dtype=bool) -> np.ndarray:
+        """The lesion mask placed in the larger window [lo, hi)."""
+        out = np.zeros(tuple(b - a for a, b in zip(lo, hi)), dtype)
+        out[self.inside(lo)] = self.mask
+        return out
 
     @property
     def centre(self) -> np.ndarray:

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from .. import kernels
-from ..geometry import as_list, grow, inverse, random_rotation, shape_matrix, window
+from ..geometry import as_list, inverse, random_rotation, shape_matrix, window
 from ..masks import Lesion, random_foreground_point, render
 from ..profiles import organ_profile
 from .base import Context, Task, mark, uniform
@@ -139,7 +139,7 @@ def _room(foreground: np.ndarray, lesion: Lesion, max_displacement: float) -> np
     """Distance to the nearest background pixel on the lesion window. Computed on a window
     grown by more than any displacement, which is all the accuracy the bound needs."""
     margin = int(math.ceil(max_displacement + ROOM_MARGIN)) + 2
-    lo, hi = grow(lesion.lo, lesion.hi, margin, foreground.shape)
+    lo, hi = lesion.grown(margin, foreground.shape)
     fg = np.ascontiguousarray(foreground[window(lo, hi)], dtype=np.uint8)
     if fg.ndim == 2:
         dist = cv2.distanceTransform(fg, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
@@ -147,5 +147,4 @@ def _room(foreground: np.ndarray, lesion: Lesion, max_displacement: float) -> np
         import scipy.ndimage as ndi
 
         dist = ndi.distance_transform_edt(fg).astype(np.float32)
-    inner = tuple(slice(a - b, a - b + n) for a, b, n in zip(lesion.lo, lo, lesion.mask.shape))
-    return np.ascontiguousarray(dist[inner], dtype=np.float32)
+    return np.ascontiguousarray(dist[lesion.inside(lo)], dtype=np.float32)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..geometry import grow, window
+from ..geometry import window
 from ..kernels import gaussian_blur, gaussian_radius
 from .base import Context, Task, mark, uniform
 from .textures import render_texture, sample_texture
@@ -13,10 +13,8 @@ from .textures import render_texture, sample_texture
 def _blurred_mask(lesion, sigma: float, shape):
     """The lesion mask blurred with a truncated Gaussian, on the lesion window grown by
     the kernel radius; returns (window slices, blurred float32 window)."""
-    lo, hi = grow(lesion.lo, lesion.hi, gaussian_radius(sigma), shape)
-    local = np.zeros(tuple(b - a for a, b in zip(lo, hi)), np.float32)
-    local[tuple(slice(a - b, a - b + n) for a, b, n in zip(lesion.lo, lo, lesion.mask.shape))] = lesion.mask
-    return window(lo, hi), gaussian_blur(local, sigma)
+    lo, hi = lesion.grown(gaussian_radius(sigma), shape)
+    return window(lo, hi), gaussian_blur(lesion.mask_in(lo, hi, np.float32), sigma)
 
 
 class GaussianIntensity(Task):

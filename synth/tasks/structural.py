@@ -7,7 +7,7 @@ import numpy as np
 
 from .. import kernels
 from ..blend import solve_window
-from ..geometry import as_list, grow, random_rotation, window
+from ..geometry import as_list, random_rotation, window
 from ..masks import random_foreground_point
 from .base import Context, Task, mark, uniform
 
@@ -76,10 +76,9 @@ class Poisson(CutPaste):
         return params
 
     def apply_lesion(self, out, lesion, params, ctx, mask):
-        lo, hi = grow(lesion.lo, lesion.hi, 1, ctx.spatial_shape)
+        lo, hi = lesion.grown(1, ctx.spatial_shape)
         win = window(lo, hi)
-        local = np.zeros(tuple(b - a for a, b in zip(lo, hi)), bool)
-        local[tuple(slice(a - b, a - b + n) for a, b, n in zip(lesion.lo, lo, lesion.mask.shape))] = lesion.mask
+        local = lesion.mask_in(lo, hi)
         guides = [self._patch(out, lesion, params, ctx, lo, hi, c) for c in range(out.shape[0])]
         for c, guide in enumerate(guides):
             out[c][win] = solve_window(out[c][win], guide, local, params["mixed"])
