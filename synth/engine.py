@@ -1,6 +1,7 @@
 """The task pool: draws a task by weight, samples its record, applies records."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import numpy as np
@@ -75,8 +76,6 @@ class TaskPool:
 
 @functools.lru_cache(maxsize=32)
 def _with_modality(config: SynthesisConfig, modality: str) -> SynthesisConfig:
-    import dataclasses
-
     return dataclasses.replace(config, modality=modality)
 
 

@@ -119,12 +119,11 @@ def _blob(params, field, lo, threshold) -> tuple[np.ndarray, int]:
     return out.view(bool), count
 
 
-def _render_perlin(params, spatial_shape, field=None):
+def _render_perlin(params, spatial_shape):
     """A Perlin lesion: noise of the whole-image lattice, thresholded inside an elliptical
     envelope (so the cost, and the lesion, stay local)."""
     lo, hi = _shape_box(params, spatial_shape, box=False)
-    if field is None:
-        field = perlin_field(spatial_shape, params["lattice"], params["rotation"], params["noise_seed"], lo, hi)
+    field = perlin_field(spatial_shape, params["lattice"], params["rotation"], params["noise_seed"], lo, hi)
     mask, count = _blob(params, field, lo, params["threshold"])
     if count == 0:
         raise ValueError("perlin mask parameters render an empty mask")
@@ -145,11 +144,10 @@ def _render_shape(params, spatial_shape):
     return out.view(bool), lo, hi
 
 
-def render(params: dict, spatial_shape, field: np.ndarray | None = None) -> Lesion:
-    """Render mask parameters (as sampled) into a :class:`Lesion`; ``field`` is the Perlin
-    noise the parameters were drawn with, when the caller still has it."""
+def render(params: dict, spatial_shape) -> Lesion:
+    """Render mask parameters (as sampled) into a :class:`Lesion`."""
     if params["kind"] == "perlin":
-        mask, lo, hi = _render_perlin(params, spatial_shape, field)
+        mask, lo, hi = _render_perlin(params, spatial_shape)
     elif params["kind"] in SHAPE_KINDS:
         mask, lo, hi = _render_shape(params, spatial_shape)
     else:
@@ -198,7 +196,9 @@ def _sample_shape(rng, kind, spatial_shape, cfg: MaskConfig, centre, scale):
     return {"kind": kind, "centre": as_list(centre), "matrix": as_list(matrix)}
 
 
-def _sample_perlin(rng, spatial_shape, cfg: MaskConfig, centre, scale):
+def _sample_perlin(rng, spatial_shape, cfg: MaskConfig, centre, scale) -> Lesion | None:
+    """A Perlin lesion whose threshold covers an accepted share of its envelope, rendered
+    while sampling (the same computation :func:`render` repeats from the parameters)."""
     ndim = len(spatial_shape)
     params = _sample_shape(rng, "perlin", spatial_shape, cfg, centre, scale)
     params["lattice"] = [int(2 ** rng.integers(cfg.perlin_min_exponent, cfg.perlin_max_exponent + 1))
@@ -212,10 +212,11 @@ def _sample_perlin(rng, spatial_shape, cfg: MaskConfig, centre, scale):
     lo_cov, hi_cov = cfg.perlin_coverage
     for _ in range(cfg.threshold_tries):
         threshold = float(rng.uniform(*cfg.perlin_threshold))
-        if area and lo_cov <= _blob(params, field, lo, threshold)[1] / area <= hi_cov:
+        mask, count = _blob(params, field, lo, threshold)
+        if area and lo_cov <= count / area <= hi_cov:
             params["threshold"] = threshold
-            return params, field
-    return None, None
+            return Lesion(params, mask, lo, hi)
+    return None
 
 
 def _deepest_point_shape(foreground, spatial_shape):
@@ -241,15 +242,14 @@ def sample_lesions(rng: np.random.Generator, spatial_shape, foreground, cfg: Mas
         lesion = None
         for attempt in range(cfg.max_tries):
             kind = names[weighted_index(rng, weights)]
-            field = None
             centre = _random_centre(rng, spatial_shape, foreground, points)
             if kind == "perlin":
-                params, field = _sample_perlin(rng, spatial_shape, cfg, centre, cfg.retry_shrink ** attempt)
-                if params is None:
+                candidate = _sample_perlin(rng, spatial_shape, cfg, centre, cfg.retry_shrink ** attempt)
+                if candidate is None:
                     continue
             else:
-                params = _sample_shape(rng, kind, spatial_shape, cfg, centre, cfg.retry_shrink ** attempt)
-            candidate = render(params, spatial_shape, field)
+                candidate = render(_sample_shape(rng, kind, spatial_shape, cfg, centre, cfg.retry_shrink ** attempt),
+                                   spatial_shape)
             if _foreground_fraction(candidate, foreground) >= cfg.foreground_fraction:
                 lesion = candidate
                 break
