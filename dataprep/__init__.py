@@ -6,56 +6,51 @@ mask; keys follow anomalib (``image``, ``gt_mask``, ``gt_label``).
 """
 from __future__ import annotations
 
-from .brats import index_brats
-from .chexpert import chexpert_label, index_chexpert
-from .datasets import index_brainmri, index_busi, index_folder, index_mediclip, index_mvfa
-from .dictionary import (
-    CLAHED,
-    CLAHEd,
-    CLAHEDict,
-    EnsureGreyD,
-    EnsureGreyd,
-    EnsureGreyDict,
-    ForegroundMaskD,
-    ForegroundMaskd,
-    ForegroundMaskDict,
-    PercentileNormalizeD,
-    PercentileNormalized,
-    PercentileNormalizeDict,
-    ResizeKeepAspectD,
-    ResizeKeepAspectd,
-    ResizeKeepAspectDict,
-    ScaleIntensityToUnitD,
-    ScaleIntensityToUnitd,
-    ScaleIntensityToUnitDict,
-    UltrasoundFrameCropD,
-    UltrasoundFrameCropd,
-    UltrasoundFrameCropDict,
-)
-from .fewshot import (
-    FewShotError,
-    LeakageError,
-    default_support_path,
-    draw_support,
-    load_support,
-    verify_support,
-    write_support,
-)
-from .indexing import RawIndex, RawUnit, Skip
-from .io import ImageData, ReadError, content_hash, dicom_window, read_image, read_png
-from .modality import MODALITIES, PipelineConfig, modality_array_pipeline, modality_pipeline, volume_to_slices
-from .prepare import INDEXERS, PrepareError, prepare_dataset, read_index
-from .transforms import (
-    CLAHE,
-    BrainForeground,
-    EnsureGrey,
-    LungFieldMask,
-    PercentileNormalize,
-    ResizeKeepAspect,
-    ScaleIntensityToUnit,
-    UltrasoundForeground,
-    UltrasoundFrameCrop,
-)
+import importlib
+
+# Names are imported on first use: the readers and pixel helpers need only numpy, OpenCV
+# and the file libraries, while the transforms import MONAI (and torch), which costs seconds
+# in every process that starts, e.g. each cache worker.
+_SUBMODULES: dict[str, tuple[str, ...]] = {
+    "brats": ("index_brats",),
+    "chexpert": ("chexpert_label", "index_chexpert"),
+    "datasets": ("index_brainmri", "index_busi", "index_folder", "index_mediclip", "index_mvfa"),
+    "dictionary": (
+        "CLAHED", "CLAHEd", "CLAHEDict", "EnsureGreyD", "EnsureGreyd", "EnsureGreyDict", "ForegroundMaskD",
+        "ForegroundMaskd", "ForegroundMaskDict", "PercentileNormalizeD", "PercentileNormalized",
+        "PercentileNormalizeDict", "ResizeKeepAspectD", "ResizeKeepAspectd", "ResizeKeepAspectDict",
+        "ScaleIntensityToUnitD", "ScaleIntensityToUnitd", "ScaleIntensityToUnitDict",
+        "UltrasoundFrameCropD", "UltrasoundFrameCropd", "UltrasoundFrameCropDict"
+    ),
+    "fewshot": (
+        "FewShotError", "LeakageError", "default_support_path", "draw_support", "load_support",
+        "verify_support", "write_support"
+    ),
+    "indexing": ("RawIndex", "RawUnit", "Skip"),
+    "io": ("ImageData", "ReadError", "content_hash", "dicom_window", "read_image", "read_png"),
+    "modality": (
+        "MODALITIES", "PipelineConfig", "modality_array_pipeline", "modality_pipeline", "volume_to_slices"
+    ),
+    "prepare": ("INDEXERS", "PrepareError", "prepare_dataset", "read_index"),
+    "transforms": (
+        "CLAHE", "BrainForeground", "EnsureGrey", "LungFieldMask", "PercentileNormalize",
+        "ResizeKeepAspect", "ScaleIntensityToUnit", "UltrasoundForeground", "UltrasoundFrameCrop"
+    ),
+}
+_WHERE = {name: module for module, names in _SUBMODULES.items() for name in names}
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'dataprep' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))
+
 
 __all__ = [
     # reading

@@ -15,6 +15,8 @@ import cv2
 import numpy as np
 from monai.transforms import Transform
 
+from .pixels import RESIZE_MODES, keep_aspect_geometry, resize_keep_aspect, to_unit
+
 __all__ = [
     "EnsureGrey", "ScaleIntensityToUnit", "PercentileNormalize", "ResizeKeepAspect", "CLAHE",
     "BrainForeground", "LungFieldMask", "UltrasoundFrameCrop", "UltrasoundForeground", "as_numpy",
@@ -95,17 +97,7 @@ class ScaleIntensityToUnit(Transform):
         self.value_range = value_range
 
     def __call__(self, img: Any) -> np.ndarray:
-        arr = _channel_first(img)
-        if self.value_range is not None:
-            lo, hi = self.value_range
-        elif np.issubdtype(arr.dtype, np.integer):
-            lo, hi = 0.0, float(np.iinfo(arr.dtype).max)
-        else:
-            lo, hi = float(arr.min()), float(arr.max())
-            if lo >= 0.0 and hi <= 1.0:
-                return arr.astype(np.float32, copy=False)
-        out = (arr.astype(np.float32) - lo) / max(hi - lo, 1e-12)
-        return np.clip(out, 0.0, 1.0, out=out)
+        return to_unit(_channel_first(img), self.value_range)
 
 
 class PercentileNormalize(Transform):
@@ -157,34 +149,16 @@ class ResizeKeepAspect(Transform):
     """
 
     def __init__(self, size: int = 224, mode: str = "area", pad_value: float = 0.0) -> None:
-        if mode not in ("area", "linear", "mask"):
+        if mode not in RESIZE_MODES:
             raise ValueError(f"unknown resize mode {mode!r}")
         self.size, self.mode, self.pad_value = int(size), mode, pad_value
 
     def geometry(self, h: int, w: int) -> tuple[int, int, int, int]:
         """(new_h, new_w, top, left) for an input of h x w."""
-        scale = self.size / max(h, w)
-        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-        return nh, nw, (self.size - nh) // 2, (self.size - nw) // 2
-
-    def _resize(self, plane: np.ndarray, nh: int, nw: int) -> np.ndarray:
-        if self.mode == "mask":
-            src = (plane > 0.5).astype(np.uint8)
-            out = cv2.resize(src, (nw, nh), interpolation=cv2.INTER_NEAREST_EXACT)
-            if not out.any() and src.any():
-                out = cv2.resize(src.astype(np.float32), (nw, nh), interpolation=cv2.INTER_AREA) > 0
-            return out.astype(np.float32)
-        shrink = nh < plane.shape[0]
-        interp = cv2.INTER_AREA if self.mode == "area" and shrink else cv2.INTER_LINEAR
-        return cv2.resize(plane.astype(np.float32), (nw, nh), interpolation=interp)
+        return keep_aspect_geometry(h, w, self.size)
 
     def __call__(self, img: Any) -> np.ndarray:
-        arr = _channel_first(img)
-        nh, nw, top, left = self.geometry(*arr.shape[1:])
-        out = np.full((arr.shape[0], self.size, self.size), self.pad_value, np.float32)
-        for c in range(arr.shape[0]):
-            out[c, top:top + nh, left:left + nw] = self._resize(arr[c], nh, nw)
-        return out
+        return resize_keep_aspect(_channel_first(img), self.size, self.mode, self.pad_value)
 
 
 class CLAHE(Transform):

@@ -92,7 +92,8 @@ def source_spec(data: str | Path, size: int = 224, support: str | None = None) -
 def _read_unit(path: str) -> np.ndarray:
     """One grey image as float32 in [0, 1], through dataprep's reader (every format it
     knows, 8/16 bit, colour to grey)."""
-    from dataprep import ReadError, ScaleIntensityToUnit, read_image
+    from dataprep.io import ReadError, read_image
+    from dataprep.pixels import to_unit
 
     try:
         data = read_image(path)
@@ -100,7 +101,7 @@ def _read_unit(path: str) -> np.ndarray:
         raise DataError(str(exc)) from None
     if data.array.ndim != 2:
         raise DataError(f"{path}: expected a 2D image, got shape {data.array.shape}")
-    return ScaleIntensityToUnit(data.meta.get("value_range"))(data.array[None])[0]
+    return to_unit(data.array, data.meta.get("value_range"))
 
 
 class SourceSet:
@@ -128,16 +129,16 @@ class SourceSet:
             self._cache.move_to_end(index)
             return self._cache[index]
         item = self.spec["items"][index]
-        from dataprep import ResizeKeepAspect
+        from dataprep.pixels import resize_keep_aspect
 
         image = _read_unit(item["image"])
         if image.shape != (self.size, self.size):  # the working-size contract: aspect kept, padded
-            image = ResizeKeepAspect(self.size, "area")(image[None])[0].clip(0.0, 1.0)
+            image = resize_keep_aspect(image[None], self.size, "area")[0].clip(0.0, 1.0)
         fg = None
         if item["foreground"]:
             fg = _read_unit(item["foreground"]) > 0.5
             if fg.shape != image.shape:
-                fg = ResizeKeepAspect(self.size, "mask")(fg[None].astype(np.float32))[0] > 0.5
+                fg = resize_keep_aspect(fg[None].astype(np.float32), self.size, "mask")[0] > 0.5
             if not fg.any():  # synth refuses an empty anatomy; the whole frame is the honest fallback
                 fg = None
         self._cache[index] = (image, fg)
