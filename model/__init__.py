@@ -14,6 +14,8 @@ from .lora import VISION_LORA_TARGETS
 from .losses import FusionLoss, LossParts, dice_loss, focal_loss, image_labels
 from .optim import LEARNING_RATES, build_optimizer, param_groups
 from .prompts import PromptLearner, encode_text_embeddings
+from .text_tower import TextTower, text_tower
+from .vision_tower import VisionTower, vision_tower
 
 __all__ = [
     "AlignmentAdapter",
@@ -25,7 +27,9 @@ __all__ = [
     "LEARNING_RATES",
     "LossParts",
     "PromptLearner",
+    "TextTower",
     "VISION_LORA_TARGETS",
+    "VisionTower",
     "build_optimizer",
     "check_fingerprint",
     "create_clip",
@@ -40,5 +44,7 @@ __all__ = [
     "param_groups",
     "save_checkpoint",
     "save_merged",
+    "text_tower",
+    "vision_tower",
     "weights_fingerprint",
 ]

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .vision_tower import vision_tower
+
 
 class AlignmentAdapter(nn.Module):
     """phi_j: a 1x1 convolution from the ViT width to the joint embedding size, then L2 norm per position.
@@ -25,16 +27,15 @@ class AlignmentAdapter(nn.Module):
 
 
 def gap_embedding(tokens: torch.Tensor, visual: nn.Module) -> torch.Tensor:
-    """Ablation "GAP": average patch tokens (B, W, h, w) over space, then CLIP's own frozen ``ln_post`` + ``proj``.
+    """Ablation "GAP": average patch tokens (B, W, h, w) over space, then the tower's own frozen norm + projection.
 
+    Native towers: ``ln_post`` then ``proj``; timm towers: their final norm, head
+    and open_clip's projection head (see :meth:`model.vision_tower.VisionTower.pool`).
     No trainable parameters. Returns one L2-normalised embedding per image as a
     (B, E, 1, 1) "map", which the map maker upsamples to a constant map; with
     manual prompts this is the plain zero-shot CLIP baseline, per feature block.
     """
-    pooled = visual.ln_post(tokens.mean(dim=(2, 3)))
-    if visual.proj is not None:
-        pooled = pooled @ visual.proj
-    return F.normalize(pooled, dim=-1)[:, :, None, None]
+    return F.normalize(vision_tower(visual).pool(tokens), dim=-1)[:, :, None, None]
 
 
 class BlockAdapter(nn.Module):

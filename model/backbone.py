@@ -10,6 +10,8 @@ import torch
 from torch import nn
 
 from .config import FusionMedCLIPConfig, default_feature_blocks
+from .text_tower import text_tower
+from .vision_tower import vision_tower
 
 _SCHEMAS = ("hf-hub:", "local-dir:")
 
@@ -28,50 +30,41 @@ class BackboneInfo:
     std: tuple[float, ...]
 
 
-def create_clip(config: FusionMedCLIPConfig) -> nn.Module:
+def create_clip(config: FusionMedCLIPConfig, load_weights: bool = True) -> nn.Module:
     """Build the open_clip model the config names, through open_clip's own loaders.
 
     A ``hf-hub:`` or ``local-dir:`` value of ``pretrained`` is used as the model
     name (open_clip then reads architecture and weights from there); anything
-    else is a pretrained tag or a checkpoint file for ``arch``.
+    else is a pretrained tag or a checkpoint file for ``arch``. With
+    ``load_weights=False`` the same architecture gets random weights (the
+    weights come later, e.g. from a merged export).
     """
     src = config.pretrained
+    # All weights come from `pretrained`: never the towers' own default weights (timm / Hugging Face
+    # hub), which open_clip would otherwise fetch for a timm or HF tower when no CLIP checkpoint is found.
+    kw = dict(force_image_size=config.image_size, pretrained_image=False, pretrained_text=False)
     if src is not None and src.startswith(_SCHEMAS):
-        clip = open_clip.create_model(src, force_image_size=config.image_size)
+        clip = open_clip.create_model(src, load_weights=load_weights, **kw)
     else:
-        clip = open_clip.create_model(config.arch, pretrained=src, force_image_size=config.image_size)
+        clip = open_clip.create_model(config.arch, pretrained=src if load_weights else None, **kw)
     clip.eval()
     return clip
 
 
-def vision_transformer(clip: nn.Module) -> nn.Module:
-    """The native open_clip VisionTransformer, or a clear error for other towers."""
-    visual = clip.visual
-    if not isinstance(visual, open_clip.transformer.VisionTransformer):
-        raise NotImplementedError(
-            f"FusionMedCLIP needs open_clip's native VisionTransformer tower; this model has "
-            f"{type(visual).__name__} (e.g. timm towers such as BiomedCLIP's are not supported yet)"
-        )
-    return visual
-
-
 def backbone_info(clip: nn.Module) -> BackboneInfo:
-    visual = vision_transformer(clip)
+    tower = vision_tower(clip.visual)
+    tower.check()
     pp = open_clip.get_model_preprocess_cfg(clip)
     mean = tuple(float(m) for m in pp.get("mean", open_clip.OPENAI_DATASET_MEAN))
     std = tuple(float(s) for s in pp.get("std", open_clip.OPENAI_DATASET_STD))
-    patch = visual.patch_size
-    image = visual.image_size
-    if patch[0] != patch[1] or image[0] != image[1]:
-        raise NotImplementedError("only square patches and square input sizes are supported")
-    text_width = clip.token_embedding.embedding_dim if hasattr(clip, "token_embedding") else -1
+    text = text_tower(clip)
     return BackboneInfo(
-        depth=len(visual.transformer.resblocks),
-        width=visual.transformer.width,
-        embed_dim=int(visual.output_dim),
-        text_width=int(text_width),
-        patch_size=int(patch[0]),
-        image_size=int(image[0]),
+        depth=tower.depth,
+        width=tower.width,
+        embed_dim=tower.embed_dim,
+        text_width=text.width if text is not None else -1,
+        patch_size=tower.patch_size,
+        image_size=tower.image_size,
         mean=mean,
         std=std,
     )
@@ -81,7 +74,9 @@ def resolve_blocks(config: FusionMedCLIPConfig, depth: int) -> tuple[int, ...]:
     """The 1-indexed feature blocks J, checked against the backbone depth."""
     blocks = config.feature_blocks or default_feature_blocks(depth)
     if max(blocks) > depth:
-        raise ValueError(f"feature_blocks {blocks} do not exist in a ViT of depth {depth} (1-indexed, max {depth})")
+        raise ValueError(
+            f"feature_blocks {blocks} do not exist in a ViT of depth {depth} (1-indexed, max {depth})"
+        )
     return blocks
 
 

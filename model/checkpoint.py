@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 
@@ -26,7 +25,9 @@ def _atomic_save(obj: dict, path: str | os.PathLike) -> None:
 def _read(path: str | os.PathLike, expected: str) -> dict:
     blob = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(blob, dict) or blob.get("format") != expected:
-        raise ValueError(f"{path} is not a {expected} file (format {blob.get('format') if isinstance(blob, dict) else None})")
+        raise ValueError(
+            f"{path} is not a {expected} file (format {blob.get('format') if isinstance(blob, dict) else None})"
+        )
     return blob
 
 
@@ -73,11 +74,15 @@ def load_checkpoint(path: str | os.PathLike, model: FusionMedCLIP | None = None)
     saved = blob["trainable"]
     if set(own) != set(saved):
         missing, unexpected = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
-        raise ValueError(f"checkpoint does not match this model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ValueError(
+            f"checkpoint does not match this model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     with torch.no_grad():
         for name, p in own.items():
             if p.shape != saved[name].shape:
-                raise ValueError(f"shape of {name}: checkpoint {tuple(saved[name].shape)}, model {tuple(p.shape)}")
+                raise ValueError(
+                    f"shape of {name}: checkpoint {tuple(saved[name].shape)}, model {tuple(p.shape)}"
+                )
             p.copy_(saved[name])
     return model
 
@@ -98,10 +103,15 @@ def save_merged(model: FusionMedCLIP, path: str | os.PathLike) -> None:
 
 
 def load_merged(path: str | os.PathLike) -> FusionMedCLIP:
-    """Rebuild a merged export with random base weights (nothing downloaded), then load every weight."""
+    """Rebuild a merged export with random base weights (no base weights read), then load every weight.
+
+    The architecture still comes from the configured source: for ``hf-hub:``
+    models open_clip reads the repo's config and tokenizer (from its cache or
+    the hub), for ``local-dir:`` the folder's.
+    """
     blob = _read(path, MERGED_FORMAT)
     config = FusionMedCLIPConfig.from_json(blob["config"])
-    clip = create_clip(dataclasses.replace(config, pretrained=None))
+    clip = create_clip(config, load_weights=False)
     model = FusionMedCLIP(config, clip=clip, merged=config.stage == 3)
     model.load_state_dict(blob["state"], strict=True)
     model.base_fingerprint = blob["base_fingerprint"]

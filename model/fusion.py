@@ -10,10 +10,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .adapters import AlignmentAdapter, BlockAdapter, gap_embedding
-from .backbone import backbone_info, create_clip, resolve_blocks, vision_transformer, weights_fingerprint
+from .backbone import backbone_info, create_clip, resolve_blocks, weights_fingerprint
 from .config import FusionMedCLIPConfig
 from .lora import add_lora, merge_lora
 from .prompts import PromptLearner
+from .vision_tower import VisionTower, vision_tower
 
 
 class FusionMedCLIP(nn.Module):
@@ -38,13 +39,17 @@ class FusionMedCLIP(nn.Module):
             weights of a merged export (see :func:`model.checkpoint.load_merged`).
     """
 
-    def __init__(self, config: FusionMedCLIPConfig, clip: nn.Module | None = None, merged: bool = False) -> None:
+    def __init__(
+        self, config: FusionMedCLIPConfig, clip: nn.Module | None = None, merged: bool = False
+    ) -> None:
         super().__init__()
         self.config = config
         clip = create_clip(config) if clip is None else clip
         info = backbone_info(clip)
         if info.image_size != config.image_size:
-            raise ValueError(f"backbone input size {info.image_size} != config.image_size {config.image_size}")
+            raise ValueError(
+                f"backbone input size {info.image_size} != config.image_size {config.image_size}"
+            )
         self.info = info
         self.blocks = resolve_blocks(config, info.depth)
         for p in clip.parameters():
@@ -66,13 +71,14 @@ class FusionMedCLIP(nn.Module):
             self.block_adapters = nn.ModuleList()
             if config.stage == 3:
                 self.block_adapters = nn.ModuleList(
-                    BlockAdapter(info.width, config.adapter_bottleneck, config.adapter_dropout) for _ in self.blocks
+                    BlockAdapter(info.width, config.adapter_bottleneck, config.adapter_dropout)
+                    for _ in self.blocks
                 )
-                resblocks = vision_transformer(clip).transformer.resblocks
+                blocks = vision_tower(clip.visual).blocks
                 for j, adapter in zip(self.blocks, self.block_adapters, strict=True):
                     # A hook keeps the backbone's module names (and so the base fingerprint and peft targets)
                     # unchanged; forward_intermediates then returns the adapted tokens, which later blocks consume.
-                    resblocks[j - 1].register_forward_hook(adapter.as_hook)
+                    blocks[j - 1].register_forward_hook(adapter.as_hook)
                 if not merged:
                     self.clip.visual = add_lora(clip.visual, config)
         log_tau = torch.tensor(math.log(config.tau))
@@ -104,15 +110,13 @@ class FusionMedCLIP(nn.Module):
         return (images - self.pixel_mean) / self.pixel_std
 
     # -------------------------------------------------------------- features
+    @property
+    def vision(self) -> VisionTower:
+        """The vision tower's adapter (native or timm ViT), over the current (possibly LoRA-wrapped) tower."""
+        return vision_tower(self.clip.visual)
+
     def _patch_tokens(self, pixels: torch.Tensor) -> list[torch.Tensor]:
-        out = self.clip.visual.forward_intermediates(
-            pixels,
-            indices=[j - 1 for j in self.blocks],
-            stop_early=True,
-            intermediates_only=True,
-            output_fmt="NCHW",
-        )
-        return out["image_intermediates"]
+        return self.vision.patch_tokens(pixels, [j - 1 for j in self.blocks])
 
     def extract_features(self, images: torch.Tensor) -> torch.Tensor:
         """Stage-2 feature cache: the frozen backbone's patch tokens of J, (B, |J|, width, h, w).
@@ -121,7 +125,9 @@ class FusionMedCLIP(nn.Module):
         alignment adapters then train without running the backbone again.
         """
         if self.config.stage != 2:
-            raise RuntimeError("the feature cache needs a frozen backbone: stage 3 trains LoRA and block adapters")
+            raise RuntimeError(
+                "the feature cache needs a frozen backbone: stage 3 trains LoRA and block adapters"
+            )
         with torch.no_grad():
             return torch.stack(self._patch_tokens(self.preprocess(images)), dim=1)
 
@@ -134,17 +140,23 @@ class FusionMedCLIP(nn.Module):
         """(2, embed_dim) normalised features of (normal, anomaly)."""
         return self.prompts(self.clip)
 
-    def forward_features(self, features: torch.Tensor | list[torch.Tensor], output_size: int | None = None) -> dict:
+    def forward_features(
+        self, features: torch.Tensor | list[torch.Tensor], output_size: int | None = None
+    ) -> dict:
         """Maps from patch tokens (from :meth:`extract_features` or the live backbone)."""
         layers = list(features.unbind(1)) if isinstance(features, torch.Tensor) else list(features)
         if len(layers) != len(self.blocks):
-            raise ValueError(f"expected features of {len(self.blocks)} blocks {self.blocks}, got {len(layers)}")
+            raise ValueError(
+                f"expected features of {len(self.blocks)} blocks {self.blocks}, got {len(layers)}"
+            )
         size = output_size or self.config.image_size
         text = self.text_features()
         maps = []
         for i, tokens in enumerate(layers):
             if tokens.dim() != 4 or tokens.shape[1] != self.info.width:
-                raise ValueError(f"features must be (B, {self.info.width}, h, w) per block, got {tuple(tokens.shape)}")
+                raise ValueError(
+                    f"features must be (B, {self.info.width}, h, w) per block, got {tuple(tokens.shape)}"
+                )
             emb = self.align[i](tokens) if len(self.align) else gap_embedding(tokens, self.clip.visual)
             logits = torch.einsum("behw,ce->bchw", emb.float(), text) / self.tau
             prob = logits.softmax(dim=1)[:, 1:2]

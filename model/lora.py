@@ -1,4 +1,4 @@
-"""LoRA on the vision tower through peft (attention incl. out_proj, and the MLP)."""
+"""LoRA on the vision tower through peft (every block's attention incl. its output projection, and the MLP)."""
 
 from __future__ import annotations
 
@@ -6,27 +6,27 @@ from peft import LoraConfig, LoraModel
 from torch import nn
 
 from .config import FusionMedCLIPConfig
+from .vision_tower import NATIVE_LORA_TARGETS, vision_tower
 
-# Full-match regex on module names inside the vision tower: every block's fused
-# attention (peft's MultiheadAttention LoRA covers in_proj q,k,v and out_proj)
-# and both MLP linears. Text tower and pooling head are left alone.
-VISION_LORA_TARGETS = r"transformer\.resblocks\.\d+\.(attn|mlp\.c_fc|mlp\.c_proj)"
+# The native tower's targets (module names inside the vision tower); the tower adapter
+# gives each kind's own (timm: attn.qkv, attn.proj, mlp.fc1, mlp.fc2). Text tower and head are left alone.
+VISION_LORA_TARGETS = NATIVE_LORA_TARGETS
 ADAPTER_NAME = "default"
 
 
-def lora_config(config: FusionMedCLIPConfig) -> LoraConfig:
+def lora_config(config: FusionMedCLIPConfig, targets: str = VISION_LORA_TARGETS) -> LoraConfig:
     return LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
-        target_modules=VISION_LORA_TARGETS,
+        target_modules=targets,
         bias="none",
     )
 
 
 def add_lora(visual: nn.Module, config: FusionMedCLIPConfig) -> LoraModel:
     """Inject LoRA layers into ``visual`` in place; returns the peft wrapper (B starts at zero: identity)."""
-    return LoraModel(visual, lora_config(config), ADAPTER_NAME)
+    return LoraModel(visual, lora_config(config, vision_tower(visual).lora_targets), ADAPTER_NAME)
 
 
 def merge_lora(wrapped: nn.Module) -> nn.Module:
