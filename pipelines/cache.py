@@ -94,7 +94,8 @@ def shard_keys(shard: int) -> list[str]:
 
 
 def file_checksums(path: str | Path, shard: int) -> dict[str, str | None]:
-    """sha256 of each file of the shard; None where zarr wrote none (an all-fill chunk)."""
+    """sha256 of each file of the shard; None where zarr wrote none (an all-fill chunk, from a
+    store written before empty chunks were written too)."""
     sums: dict[str, str | None] = {}
     for key in shard_keys(shard):
         f = Path(path) / key
@@ -137,14 +138,19 @@ def create_store(path: str | Path, settings: dict[str, Any], spec: dict[str, Any
     """Create the empty group and arrays; ``_done/`` is made last, so a store killed while
     being created is recognised as such (no ``_done``) and made again."""
     import zarr
+    from zarr.codecs import ZstdCodec
 
     path = Path(path)
     n, size, s, c = settings["samples"], settings["size"], settings["shard_size"], settings["chunk_size"]
     group = zarr.open_group(str(path), mode="w", zarr_format=3, attributes={"fmclip": settings})
     img_dtype = "uint8" if settings["dtype"] == "uint8" else "float16"
+    # zstd's fast level -3: 5x faster to compress than zarr's default level and 4x faster to
+    # decompress, for files 25 % larger (15 vs 12 kB per 224 x 224 uint8 brain slice).
+    fast = ZstdCodec(level=-3)
     for name, dt in (("images", img_dtype), ("masks", "uint8")):
         group.create_array(name, shape=(n, size, size), dtype=dt, chunks=(c, size, size),
-                           shards=(s, size, size), fill_value=0, dimension_names=("sample", "y", "x"))
+                           shards=(s, size, size), fill_value=0, compressors=fast,
+                           dimension_names=("sample", "y", "x"))
     for name, dt in ARRAYS_1D.items():
         group.create_array(name, shape=(n,), dtype=dt, chunks=(s,), dimension_names=("sample",),
                            fill_value="" if dt is str else 0)
@@ -209,7 +215,9 @@ def _state(path: str) -> dict[str, Any]:
 
         from .sources import SourceSet
 
-        zarr.config.set({"async.concurrency": 4, "threading.max_workers": 1})
+        # write_empty_chunks: zarr's default (False) compares every chunk with the fill value
+        # before writing it, which cost 5x the compression itself (0.28 vs 0.05 ms per mask).
+        zarr.config.set({"async.concurrency": 4, "threading.max_workers": 1, "array.write_empty_chunks": True})
         settings = read_settings(path)
         if settings is None:
             raise CacheError(f"{path}: not an initialised fmclip cache")
@@ -222,6 +230,19 @@ def _state(path: str) -> dict[str, Any]:
     return _STATE
 
 
+def _write_arrays(arrays: dict[str, Any], where: slice, data: dict[str, Any]) -> None:
+    """All arrays' parts of a shard in one zarr event-loop round trip: eight separate writes
+    cost a fixed ~1.5 ms each, a third of the whole write time of a 128-sample shard."""
+    import asyncio
+
+    from zarr.core.sync import sync
+
+    async def write_all() -> None:
+        await asyncio.gather(*(a.async_array.setitem(where, data[name]) for name, a in arrays.items()))
+
+    sync(write_all())
+
+
 def write_shard(path: str, shard: int, seeds: list[int]) -> dict[str, Any]:
     """Make and write one whole shard; returns its range and file checksums (the driver
     commits the marker). Runs in a worker process: local pool or Dask."""
@@ -231,6 +252,5 @@ def write_shard(path: str, shard: int, seeds: list[int]) -> dict[str, Any]:
     # Whole shards only: a partial write racing another writer of the same shard loses data.
     assert len(seeds) == stop - start and start % settings["shard_size"] == 0, (shard, start, stop, len(seeds))
     data = make_samples(state["sources"], state["config"], seeds, settings["dtype"])
-    for name, array in state["arrays"].items():
-        array[start:stop] = data[name]
+    _write_arrays(state["arrays"], slice(start, stop), data)
     return {"shard": shard, "start": start, "stop": stop, "sha256": file_checksums(path, shard)}

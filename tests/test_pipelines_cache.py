@@ -179,7 +179,7 @@ def test_loader_two_workers_two_ranks_every_sample_once(reference):
                 assert batch["image"].dtype == torch.float32 and batch["image"].shape[1:] == (1, 64, 64)
                 for k, i in enumerate(batch["index"].tolist()):
                     assert torch.equal(batch["image"][k, 0], torch.from_numpy(stored["images"][i]).float() / 255)
-                    assert torch.equal(batch["gt_mask"][k, 0], torch.from_numpy(stored["masks"][i]).float())
+                    assert torch.equal(batch["gt_mask"][k, 0], torch.from_numpy(stored["masks"][i]).bool())
                     assert batch["gt_label"][k].item() == stored["labels"][i]
                     assert batch["task"][k] == stored["tasks"][i]
                     assert batch["source_id"][k] == stored["source_ids"][i]
@@ -189,6 +189,66 @@ def test_loader_two_workers_two_ranks_every_sample_once(reference):
         assert sorted(seen) == list(range(24))  # both ranks, both workers each: every sample exactly once
         epochs.append(seen)
     assert epochs[0] != epochs[1]  # reshuffled between epochs
+
+
+def test_batched_loader_equals_collated_items_and_covers_every_sample_once(reference):
+    import torch
+    from torch.utils.data import DataLoader, default_collate
+
+    from pipelines.loader import CachedDataset
+
+    stored = arrays(reference)
+    seen: list[int] = []
+    for rank in (0, 1):
+        ds = CachedDataset(reference, seed=3, window=8, block=4, batch_size=5, rank=rank, world_size=2)
+        loader = DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="spawn")
+        sizes = []
+        for batch in loader:
+            # the reference: torch's own collation of the same samples read one by one
+            expected = default_collate([ds[i] for i in batch["index"].tolist()])
+            assert batch.keys() == expected.keys()
+            for key, value in expected.items():
+                if isinstance(value, torch.Tensor):
+                    assert batch[key].dtype == value.dtype and torch.equal(batch[key], value), key
+                else:
+                    assert batch[key] == value, key
+            sizes.append(len(batch["index"]))
+            seen += batch["index"].tolist()
+        assert sorted(sizes) == [1, 1, 5, 5]  # 6 samples per worker: one full batch and the remainder each
+    assert sorted(seen) == list(range(24))
+    assert seen != sorted(seen)  # shuffled
+    for i in (0, 13):
+        assert torch.equal(CachedDataset(reference)[i]["image"][0], torch.from_numpy(stored["images"][i]).float() / 255)
+
+    unshuffled = CachedDataset(reference, shuffle=False, batch_size=7, drop_last=True)
+    batches = list(unshuffled)
+    assert [b["index"].tolist() for b in batches] == [list(range(k, k + 7)) for k in (0, 7, 14)]
+
+    (whole,) = list(CachedDataset(reference, shuffle=False, batch_size=24, as_stored=True))
+    assert whole["image"].dtype == torch.uint8 and torch.equal(whole["image"][:, 0], torch.from_numpy(stored["images"]))
+
+
+def test_persistent_workers_move_one_epoch_per_pass_like_set_epoch(reference):
+    from torch.utils.data import DataLoader
+
+    from pipelines.loader import CachedDataset
+
+    def order(loader) -> list[int]:
+        return [i for batch in loader for i in batch["index"].tolist()]
+
+    ds = CachedDataset(reference, seed=5, window=8, block=4, batch_size=4)
+    persistent = DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="spawn",
+                            persistent_workers=True)
+    passes = []
+    for epoch in (0, 1, 2):
+        ds.set_epoch(epoch)  # the workers' copies do not see this; they count passes instead
+        passes.append(order(persistent))
+    fresh = []
+    for epoch in (0, 1, 2):
+        ds.set_epoch(epoch)
+        fresh.append(order(DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="spawn")))
+    assert passes == fresh
+    assert all(sorted(p) == list(range(24)) for p in passes) and len({tuple(p) for p in passes}) == 3
 
 
 def test_on_the_fly_dataset_equals_the_cache(images, reference):
