@@ -59,7 +59,8 @@ def poisson_blend(target, source, mask, *, mixed: bool = False, clip: bool = Tru
     if box is None:
         return out
     window = geometry.window(*geometry.grow(*box, 1, mask.shape))
-    out[window] = solve_window(out[window], source[window].astype(np.float32), mask[window], mixed)
-    if clip:
-        np.clip(out, 0.0, 1.0, out=out)
+    solved = solve_window(out[window], source[window].astype(np.float32), mask[window], mixed)
+    if clip:  # only the window changed; the rest is target, already in [0, 1]
+        np.clip(solved, 0.0, 1.0, out=solved)
+    out[window] = solved
     return out

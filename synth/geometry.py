@@ -5,6 +5,8 @@ import math
 
 import numpy as np
 
+from . import kernels
+
 Window = tuple[slice, ...]
 
 
@@ -21,15 +23,12 @@ def grow(lo, hi, margin: int, shape) -> tuple[tuple[int, ...], tuple[int, ...]]:
 
 def bounding_box(mask: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
     """Inclusive-exclusive bounding box of a boolean array, or None when empty."""
-    lo, hi = [], []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        hits = np.flatnonzero(mask.any(axis=other))
-        if hits.size == 0:
-            return None
-        lo.append(int(hits[0]))
-        hi.append(int(hits[-1]) + 1)
-    return tuple(lo), tuple(hi)
+    flat = np.ascontiguousarray(mask).view(np.uint8) if mask.dtype == bool else (np.asarray(mask) != 0).view(np.uint8)
+    lo, hi = kernels.mask_extent(flat if flat.ndim > 1 else flat[None])
+    if hi[-1] == 0:
+        return None
+    skip = 0 if flat.ndim > 1 else 1
+    return tuple(int(v) for v in lo[skip:]), tuple(int(v) for v in hi[skip:])
 
 
 def rotation_2d(angle: float) -> np.ndarray:

@@ -79,8 +79,7 @@ def poisson_2d(target, guide, mask, mixed, tol, max_iter):
             if mask[i, j]:
                 x[i + 1, j + 1] = guide[i, j] + shift
     r = np.zeros((H, W), np.float32)
-    z = np.zeros((H, W), np.float32)
-    p = np.zeros((H, W), np.float32)
+    p = np.zeros((H, W), np.float32)  # starts at 0 with beta = 0, so the first update makes p = z
     q = np.zeros((H, W), np.float32)
     rz = 0.0
     worst = 0.0
@@ -88,14 +87,20 @@ def poisson_2d(target, guide, mask, mixed, tol, max_iter):
         for j in range(1, W - 1):
             ax = diag[i, j] * x[i, j] - x[i - 1, j] - x[i + 1, j] - x[i, j - 1] - x[i, j + 1]
             r[i, j] = inside[i, j] * (rhs[i, j] - ax)
-            z[i, j] = r[i, j] * inv_diag[i, j]
-            p[i, j] = z[i, j]
-            rz += r[i, j] * z[i, j]
+            rz += r[i, j] * r[i, j] * inv_diag[i, j]
             worst = max(worst, abs(r[i, j]))
     it = 0
+    beta = np.float32(0.0)
     while worst >= tol and it < max_iter:
+        # Two passes per iteration instead of three: the direction update p = z + beta p
+        # runs one row ahead of q = A p, which needs the rows above and below updated.
+        for j in range(1, W - 1):
+            p[1, j] = r[1, j] * inv_diag[1, j] + beta * p[1, j]
         pq = 0.0
         for i in range(1, H - 1):
+            if i + 1 < H - 1:
+                for j in range(1, W - 1):
+                    p[i + 1, j] = r[i + 1, j] * inv_diag[i + 1, j] + beta * p[i + 1, j]
             for j in range(1, W - 1):
                 v = inside[i, j] * (diag[i, j] * p[i, j] - p[i - 1, j] - p[i + 1, j] - p[i, j - 1] - p[i, j + 1])
                 q[i, j] = v
@@ -109,14 +114,10 @@ def poisson_2d(target, guide, mask, mixed, tol, max_iter):
             for j in range(1, W - 1):
                 x[i, j] += alpha * p[i, j]
                 r[i, j] -= alpha * q[i, j]
-                z[i, j] = r[i, j] * inv_diag[i, j]
-                rz_new += r[i, j] * z[i, j]
+                rz_new += r[i, j] * r[i, j] * inv_diag[i, j]
                 worst = max(worst, abs(r[i, j]))
         beta = np.float32(rz_new / rz)
         rz = rz_new
-        for i in range(1, H - 1):
-            for j in range(1, W - 1):
-                p[i, j] = z[i, j] + beta * p[i, j]
         it += 1
     out = target.copy()
     for i in range(h):
