@@ -135,12 +135,18 @@ def _deep_point(rng, foreground: np.ndarray, points: list, tries: int = 32) -> n
     return np.asarray(deepest, np.float64)
 
 
-def _room(foreground: np.ndarray, lesion: Lesion, max_displacement: float) -> np.ndarray:
-    """Distance to the nearest background pixel on the lesion window. Computed on a window
-    grown by more than any displacement, which is all the accuracy the bound needs."""
+def _room(foreground: np.ndarray, lesion: Lesion, max_displacement: float) -> np.ndarray | None:
+    """Distance to the nearest background pixel on the lesion window, or None where the bound
+    cannot bind. Computed on a window grown by more than any displacement, which is all the
+    accuracy the bound needs."""
     margin = int(math.ceil(max_displacement + ROOM_MARGIN)) + 2
     lo, hi = lesion.grown(margin, foreground.shape)
     fg = np.ascontiguousarray(foreground[window(lo, hi)], dtype=np.uint8)
+    inner = all(a >= margin and b + margin <= n for a, b, n in zip(lesion.lo, lesion.hi, foreground.shape))
+    if inner and fg.all():
+        # Every lesion pixel is at least `margin` px from the background, more than any
+        # displacement (<= max_displacement) plus ROOM_MARGIN: the bound would change nothing.
+        return None
     if fg.ndim == 2:
         dist = cv2.distanceTransform(fg, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
     else:
