@@ -28,7 +28,7 @@ def bounding_box(mask: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]] | 
     if hi[-1] == 0:
         return None
     skip = 0 if flat.ndim > 1 else 1
-    return tuple(int(v) for v in lo[skip:]), tuple(int(v) for v in hi[skip:])
+    return tuple(lo[skip:].tolist()), tuple(hi[skip:].tolist())
 
 
 def rotation_2d(angle: float) -> np.ndarray:

@@ -18,7 +18,7 @@ def numpy_box(mask: np.ndarray):
     return tuple(lo), tuple(hi)
 
 
-@pytest.mark.parametrize("shape", [(7,), (5, 9), (224, 224), (13, 17, 19), (4, 1, 6)])
+@pytest.mark.parametrize("shape", [(7,), (16,), (5, 9), (224, 224), (13, 17, 19), (3, 5, 16), (4, 1, 6)])
 def test_bounding_box_matches_numpy_reductions(shape):
     rng = np.random.default_rng(len(shape))
     for density in (0.0, 0.001, 0.01, 0.3):

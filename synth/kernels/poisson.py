@@ -96,7 +96,7 @@ def poisson_2d(target, guide, mask, mixed, tol, max_iter):
         # runs one row ahead of q = A p, which needs the rows above and below updated.
         for j in range(1, W - 1):
             p[1, j] = r[1, j] * inv_diag[1, j] + beta * p[1, j]
-        pq = 0.0
+        pq = np.float32(0.0)
         for i in range(1, H - 1):
             if i + 1 < H - 1:
                 for j in range(1, W - 1):
@@ -108,8 +108,8 @@ def poisson_2d(target, guide, mask, mixed, tol, max_iter):
         if pq <= 0.0:
             break
         alpha = np.float32(rz / pq)
-        rz_new = 0.0
-        worst = 0.0
+        rz_new = np.float32(0.0)
+        worst = np.float32(0.0)
         for i in range(1, H - 1):
             for j in range(1, W - 1):
                 x[i, j] += alpha * p[i, j]
