@@ -15,7 +15,6 @@ import torch
 from open_clip.timm_model import TimmModel
 from open_clip.transformer import VisionTransformer
 from peft import LoraModel
-from timm.models.vision_transformer import VisionTransformer as TimmViT
 from torch import nn
 
 # Full-match regexes on module names inside the tower: every block's attention and both MLP linears.
@@ -124,6 +123,12 @@ class NativeVisionTower(VisionTower):
         return pooled
 
 
+def _is_timm_vit(trunk: nn.Module) -> bool:
+    """timm's VisionTransformer or a subclass, recognised by name: model/ reaches timm only
+    through open_clip (architecture.md), so it does not import timm itself."""
+    return any(c.__name__ == "VisionTransformer" and c.__module__.startswith("timm.") for c in type(trunk).__mro__)
+
+
 class TimmVisionTower(VisionTower):
     """open_clip's ``TimmModel`` around a timm ViT (``trunk``), e.g. BiomedCLIP's ``vit_base_patch16_224``."""
 
@@ -134,7 +139,7 @@ class TimmVisionTower(VisionTower):
         self.trunk = module.trunk
 
     def check(self) -> None:
-        if not isinstance(self.trunk, TimmViT):  # e.g. ConvNeXt towers: no patch tokens
+        if not _is_timm_vit(self.trunk):  # e.g. ConvNeXt towers: no patch tokens
             raise NotImplementedError(
                 f"timm vision towers must be timm VisionTransformers; got {type(self.trunk).__name__}"
             )
