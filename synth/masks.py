@@ -168,11 +168,11 @@ def random_foreground_point(rng, foreground: np.ndarray, points: list) -> np.nda
     """A uniform random anatomy pixel: rejection sampling (cheap while the anatomy is a fair
     share of the image), else an index list built once per sample in ``points``."""
     if not points:
-        shape = np.asarray(foreground.shape)
+        shape = foreground.shape
         for _ in range(32):
-            candidate = (rng.random(len(shape)) * shape).astype(np.int64)
-            if foreground[tuple(candidate)]:
-                return candidate.astype(np.float64)
+            candidate = tuple(int(u * n) for u, n in zip(rng.random(len(shape)).tolist(), shape))
+            if foreground[candidate]:
+                return np.array(candidate, np.float64)
         points.append(np.argwhere(foreground))
     return points[0][rng.integers(len(points[0]))].astype(np.float64)
 
@@ -186,8 +186,9 @@ def _random_centre(rng, spatial_shape, foreground, points):
 def _sample_shape(rng, kind, spatial_shape, cfg: MaskConfig, centre, scale):
     ndim = len(spatial_shape)
     extent = cfg.size_base + rng.gamma(cfg.size_gamma_shape, cfg.size_gamma_scale, size=ndim)
-    extent = np.clip(extent, cfg.size_min, cfg.size_max) * np.asarray(spatial_shape) * scale
-    semi = np.maximum(extent / 2.0, 1.0)
+    # plain floats: numpy's clip and maximum on two numbers cost more than the whole rendering
+    semi = [max(min(max(e, cfg.size_min), cfg.size_max) * n * scale / 2.0, 1.0)
+            for e, n in zip(extent.tolist(), spatial_shape)]
     shear = np.eye(ndim)
     for i in range(ndim):
         for j in range(i + 1, ndim):

@@ -6,14 +6,21 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-ENGINE_VERSION = "0.1.0"
+# 0.1.1: guided deformation bounds displacements by an exact, deterministic distance transform
+# (OpenCV's differed between processes in the last bits).
+ENGINE_VERSION = "0.1.1"
+
+
+_SCALARS = frozenset({int, float, str, bool, type(None)})
 
 
 def _freeze(value):
+    # Scalars are returned inline, not through a call: records are frozen once per sample
+    # and are mostly short lists of floats (a tenth of the sampling time went here).
     if isinstance(value, dict):
-        return MappingProxyType({k: _freeze(v) for k, v in value.items()})
+        return MappingProxyType({k: v if type(v) in _SCALARS else _freeze(v) for k, v in value.items()})
     if isinstance(value, (list, tuple)):
-        return tuple(_freeze(v) for v in value)
+        return tuple(v if type(v) in _SCALARS else _freeze(v) for v in value)
     return value
 
 

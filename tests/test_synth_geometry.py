@@ -28,3 +28,20 @@ def test_bounding_box_matches_numpy_reductions(shape):
             assert bounding_box(mask) == expected
             assert bounding_box(mask.astype(np.uint8)) == expected
             assert bounding_box(np.asfortranarray(mask)) == expected
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (9, 1), (30, 40), (64, 17), (5, 6, 7), (1, 9, 4), (12, 3, 10)])
+def test_distance_to_background_is_scipys_exact_transform(shape):
+    from scipy import ndimage as ndi
+
+    from synth import kernels
+
+    distance = kernels.distance_to_background_2d if len(shape) == 2 else kernels.distance_to_background_3d
+    rng = np.random.default_rng(sum(shape))
+    for density in (0.02, 0.3, 0.9):
+        fg = (rng.random(shape) >= density).astype(np.uint8)
+        fg.flat[int(rng.integers(fg.size))] = 0  # at least one background pixel
+        ours = distance(fg)
+        assert ours.dtype == np.float32
+        np.testing.assert_allclose(ours, ndi.distance_transform_edt(fg), rtol=1e-6, atol=0)
+    assert (distance(np.ones(shape, np.uint8)) > 1e10).all()  # no background: far everywhere

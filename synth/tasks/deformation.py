@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import cv2
 import numpy as np
 
 from .. import kernels
@@ -25,7 +24,7 @@ def _warp(out, lesion: Lesion, mode: int, alpha: float, k: float, stiffness: flo
     changed = np.zeros(lesion.mask.shape, np.uint8)
     room = np.zeros((0,) * lesion.mask.ndim, np.float32) if room is None else room
     for c in range(out.shape[0]):
-        src = out[c].copy()
+        src = np.ascontiguousarray(out[c])  # read whole, written back only after the warp: no copy
         dst = np.empty(lesion.mask.shape, np.float32)
         if lesion.mask.ndim == 2:
             kernels.radial_warp_2d(src, dst, changed, lesion.lo[0], lesion.lo[1], centre[0], centre[1], inv,
@@ -147,10 +146,6 @@ def _room(foreground: np.ndarray, lesion: Lesion, max_displacement: float) -> np
         # Every lesion pixel is at least `margin` px from the background, more than any
         # displacement (<= max_displacement) plus ROOM_MARGIN: the bound would change nothing.
         return None
-    if fg.ndim == 2:
-        dist = cv2.distanceTransform(fg, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-    else:
-        import scipy.ndimage as ndi
-
-        dist = ndi.distance_transform_edt(fg).astype(np.float32)
-    return np.ascontiguousarray(dist[lesion.inside(lo)], dtype=np.float32)
+    # Our exact transform, not OpenCV's: its results vary between processes in the last bits.
+    distance = kernels.distance_to_background_2d if fg.ndim == 2 else kernels.distance_to_background_3d
+    return np.ascontiguousarray(distance(fg)[lesion.inside(lo)])
