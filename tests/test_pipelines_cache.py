@@ -2,6 +2,7 @@
 SIGKILL, verify naming a damaged shard, exactly-once loading, clear input errors."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -263,6 +264,35 @@ def test_on_the_fly_dataset_equals_the_cache(images, reference):
         assert torch.equal(a["image"], b["image"]) and torch.equal(a["gt_mask"], b["gt_mask"])
         assert a["task"] == b["task"] and a["source_id"] == b["source_id"]
     assert [item["index"] for item in live] == list(range(24))
+
+
+def test_prepared_dataset_with_support_uses_only_the_support_images(images, tmp_path, capsys):
+    import dataprep as dp
+
+    raw = tmp_path / "raw"
+    (raw / "normal").mkdir(parents=True)
+    (raw / "abnormal").mkdir()
+    for i, f in enumerate(sorted(images.iterdir())):
+        (raw / ("abnormal" if i == 5 else "normal") / f.name).write_bytes(f.read_bytes())
+    prepared = tmp_path / "prepared"
+    dp.prepare_dataset("folder", raw, prepared, size=64)
+    support = tmp_path / "k2.json"
+    assert cli.main(["fewshot", str(prepared), "--k", "2", "--seed", "1", "--out", str(support)]) == 0
+    chosen = set(json.loads(support.read_text())["support"])
+    assert len(chosen) == 2
+
+    out = tmp_path / "support.zarr"
+    assert gen(prepared, out, "--support", str(support), "--workers", "1") == 0
+    data = arrays(out)
+    used = {str(s) for s in data["source_ids"]}
+    assert used <= chosen and len(used) == 2  # 24 samples from exactly the two support images
+    identity = zarr.open_group(str(out), mode="r").attrs["fmclip"]["dataset"]
+    assert identity["ids_sha256"] == hashlib.sha256("\n".join(sorted(chosen)).encode()).hexdigest()
+
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert gen(prepared, tmp_path / "bad.zarr", "--support", str(bad)) == 2
+    assert "bad.json" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "unreadable", "file"])
