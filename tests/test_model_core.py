@@ -8,6 +8,7 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
+from model_helpers import encode_text_reference, train_steps
 
 from model import FusionMedCLIP, FusionMedCLIPConfig
 from model.umls import UMLS_CLASS_NAMES, UMLS_CONTEXT_INIT
@@ -80,11 +81,7 @@ def test_manual_text_features_equal_open_clip_encode_text(tiny_arch):
     names = {"normal": ("healthy", "normal"), "anomaly": ("tumour",)}
     m = tiny(tiny_arch, prompt_mode="manual", class_names=names)
     tok = open_clip.get_tokenizer(tiny_arch)
-    ref = []
-    for c in ("normal", "anomaly"):
-        f = F.normalize(m.clip.encode_text(tok([f"a photo of a {n}" for n in names[c]])), dim=-1)
-        ref.append(F.normalize(f.mean(0), dim=-1))
-    assert torch.allclose(m.text_features(), torch.stack(ref), atol=1e-5)
+    assert torch.allclose(m.text_features(), encode_text_reference(m, tok, names), atol=1e-5)
 
 
 def test_coop_with_word_contexts_equals_encode_text_of_the_sentence(tiny_arch):
@@ -160,21 +157,8 @@ def test_feature_cache_equals_full_forward(tiny_arch):
 
 
 def test_training_step_moves_only_trainable_parts(tiny_arch):
-    from model import FusionLoss, build_optimizer
-
-    m = tiny(tiny_arch, stage=3).train()
-    frozen = {n: p.detach().clone() for n, p in m.clip.named_parameters() if not p.requires_grad}
-    opt = build_optimizer(m)
-    mask = torch.zeros(2, 1, 32, 32)
-    mask[0, :, 8:20, 8:20] = 1
-    x = images(2, 1)
-    losses = []
-    for _ in range(5):
-        parts = FusionLoss()(m(x), mask)
-        opt.zero_grad()
-        parts.total.backward()
-        opt.step()
-        losses.append(parts.total.item())
+    m = tiny(tiny_arch, stage=3)
+    losses, frozen = train_steps(m, 32, 5)
     assert losses[-1] < losses[0]
     after = dict(m.clip.named_parameters())
     for n, before in frozen.items():

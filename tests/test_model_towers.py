@@ -18,13 +18,12 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
+from model_helpers import encode_text_reference, train_steps
 from transformers import BasicTokenizer, BertConfig, BertTokenizer
 
 from model import (
-    FusionLoss,
     FusionMedCLIP,
     FusionMedCLIPConfig,
-    build_optimizer,
     load_checkpoint,
     load_merged,
     param_groups,
@@ -247,11 +246,7 @@ def test_manual_text_features_equal_open_clip_encode_text(dirs):
     names = {"normal": ("healthy", "no significant findings"), "anomaly": ("tumour",)}  # different lengths
     m = build(dirs["biomed"], prompt_mode="manual", class_names=names)
     tok = open_clip.get_tokenizer(f"local-dir:{dirs['biomed']}")
-    ref = []
-    for c in ("normal", "anomaly"):
-        f = F.normalize(m.clip.encode_text(tok([f"a photo of a {n}" for n in names[c]])), dim=-1)
-        ref.append(F.normalize(f.mean(0), dim=-1))
-    assert torch.allclose(m.text_features(), torch.stack(ref), atol=1e-5)
+    assert torch.allclose(m.text_features(), encode_text_reference(m, tok, names), atol=1e-5)
 
 
 def test_umls_contexts_start_from_the_definition_word_embeddings(dirs):
@@ -287,19 +282,8 @@ def test_stage3_starts_as_stage2(dirs):
 
 
 def test_training_step_moves_only_trainable_parts(dirs):
-    m = build(dirs["biomed"], stage=3).train()
-    frozen = {n: p.detach().clone() for n, p in m.clip.named_parameters() if not p.requires_grad}
-    opt = build_optimizer(m)
-    mask = torch.zeros(2, 1, SIZE, SIZE)
-    mask[0, :, 16:40, 16:40] = 1
-    x = images(2, 1)
-    losses = []
-    for _ in range(3):
-        parts = FusionLoss()(m(x), mask)
-        opt.zero_grad()
-        parts.total.backward()
-        opt.step()
-        losses.append(parts.total.item())
+    m = build(dirs["biomed"], stage=3)
+    losses, frozen = train_steps(m, SIZE, 3)
     assert losses[-1] < losses[0]
     assert all(p.grad is not None for p in m.trainable_parameters().values())
     after = dict(m.clip.named_parameters())
