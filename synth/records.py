@@ -7,7 +7,8 @@ from types import MappingProxyType
 from typing import Any
 
 # 0.1.1: guided deformation bounds displacements by an exact, deterministic distance transform
-# (OpenCV's differed between processes in the last bits).
+# (OpenCV's differed between processes in the last bits); the 3D Poisson solver's float32 reductions
+# change its last bits.
 ENGINE_VERSION = "0.1.1"
 
 

@@ -171,8 +171,7 @@ def poisson_3d(target, guide, mask, mixed, tol, max_iter):
                 if mask[a, i, j]:
                     x[a + 1, i + 1, j + 1] = guide[a, i, j] + shift
     r = np.zeros((D, H, W), np.float32)
-    z = np.zeros((D, H, W), np.float32)
-    p = np.zeros((D, H, W), np.float32)
+    p = np.zeros((D, H, W), np.float32)  # starts at 0 with beta = 0, as in poisson_2d
     q = np.zeros((D, H, W), np.float32)
     rz = 0.0
     worst = 0.0
@@ -182,14 +181,21 @@ def poisson_3d(target, guide, mask, mixed, tol, max_iter):
                 ax = (diag[a, i, j] * x[a, i, j] - x[a - 1, i, j] - x[a + 1, i, j]
                       - x[a, i - 1, j] - x[a, i + 1, j] - x[a, i, j - 1] - x[a, i, j + 1])
                 r[a, i, j] = inside[a, i, j] * (rhs[a, i, j] - ax)
-                z[a, i, j] = r[a, i, j] * inv_diag[a, i, j]
-                p[a, i, j] = z[a, i, j]
-                rz += r[a, i, j] * z[a, i, j]
+                rz += r[a, i, j] * r[a, i, j] * inv_diag[a, i, j]
                 worst = max(worst, abs(r[a, i, j]))
     it = 0
+    beta = np.float32(0.0)
     while worst >= tol and it < max_iter:
-        pq = 0.0
+        # As in poisson_2d: the direction update runs one plane ahead of q = A p.
+        for i in range(1, H - 1):
+            for j in range(1, W - 1):
+                p[1, i, j] = r[1, i, j] * inv_diag[1, i, j] + beta * p[1, i, j]
+        pq = np.float32(0.0)
         for a in range(1, D - 1):
+            if a + 1 < D - 1:
+                for i in range(1, H - 1):
+                    for j in range(1, W - 1):
+                        p[a + 1, i, j] = r[a + 1, i, j] * inv_diag[a + 1, i, j] + beta * p[a + 1, i, j]
             for i in range(1, H - 1):
                 for j in range(1, W - 1):
                     v = inside[a, i, j] * (diag[a, i, j] * p[a, i, j] - p[a - 1, i, j] - p[a + 1, i, j]
@@ -199,22 +205,17 @@ def poisson_3d(target, guide, mask, mixed, tol, max_iter):
         if pq <= 0.0:
             break
         alpha = np.float32(rz / pq)
-        rz_new = 0.0
-        worst = 0.0
+        rz_new = np.float32(0.0)
+        worst = np.float32(0.0)
         for a in range(1, D - 1):
             for i in range(1, H - 1):
                 for j in range(1, W - 1):
                     x[a, i, j] += alpha * p[a, i, j]
                     r[a, i, j] -= alpha * q[a, i, j]
-                    z[a, i, j] = r[a, i, j] * inv_diag[a, i, j]
-                    rz_new += r[a, i, j] * z[a, i, j]
+                    rz_new += r[a, i, j] * r[a, i, j] * inv_diag[a, i, j]
                     worst = max(worst, abs(r[a, i, j]))
         beta = np.float32(rz_new / rz)
         rz = rz_new
-        for a in range(1, D - 1):
-            for i in range(1, H - 1):
-                for j in range(1, W - 1):
-                    p[a, i, j] = z[a, i, j] + beta * p[a, i, j]
         it += 1
     out = target.copy()
     for a in range(d):
