@@ -43,5 +43,18 @@ def test_distance_to_background_is_scipys_exact_transform(shape):
         fg.flat[int(rng.integers(fg.size))] = 0  # at least one background pixel
         ours = distance(fg)
         assert ours.dtype == np.float32
-        np.testing.assert_allclose(ours, ndi.distance_transform_edt(fg), rtol=1e-6, atol=0)
+        exact = ndi.distance_transform_edt(fg)
+        np.testing.assert_allclose(ours, exact, rtol=1e-6, atol=0)
+        # on a window: the same values as the whole transform there
+        lo = tuple(int(rng.integers(n)) for n in shape)
+        size = tuple(int(rng.integers(1, n - a + 1)) for a, n in zip(lo, shape))
+        part = distance(fg, *lo, *size) if len(shape) == 2 else distance(fg, lo, size)
+        window = tuple(slice(a, a + n) for a, n in zip(lo, size))
+        np.testing.assert_array_equal(part, ours[window])
+        # capped: exact below the cap, at least the cap elsewhere
+        cap = 3
+        capped = distance(fg, *lo, *size, cap) if len(shape) == 2 else distance(fg, lo, size, cap)
+        near = exact[window] < cap
+        np.testing.assert_array_equal(capped[near], ours[window][near])
+        assert (capped[~near] >= cap).all()
     assert (distance(np.ones(shape, np.uint8)) > 1e10).all()  # no background: far everywhere

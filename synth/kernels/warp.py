@@ -13,101 +13,82 @@ from numba import njit
 
 from .shapes import lesion_coordinates
 
-
-@njit(cache=True, inline="always")
-def _bilinear(img, y, x):
-    h, w = img.shape
-    if y < 0.0:
-        y = 0.0
-    elif y > h - 1.0:
-        y = h - 1.0
-    if x < 0.0:
-        x = 0.0
-    elif x > w - 1.0:
-        x = w - 1.0
-    y0 = int(y)
-    x0 = int(x)
-    fy = y - y0
-    fx = x - x0
-    y1 = min(y0 + 1, h - 1)
-    x1 = min(x0 + 1, w - 1)
-    top = img[y0, x0] + fx * (img[y0, x1] - img[y0, x0]) if fx != 0.0 else img[y0, x0]
-    if fy == 0.0:
-        return top
-    bottom = img[y1, x0] + fx * (img[y1, x1] - img[y1, x0]) if fx != 0.0 else img[y1, x0]
-    return top + fy * (bottom - top)
-
-
-@njit(cache=True, inline="always")
-def _trilinear(img, z, y, x):
-    d, h, w = img.shape
-    z = min(max(z, 0.0), d - 1.0)
-    y = min(max(y, 0.0), h - 1.0)
-    x = min(max(x, 0.0), w - 1.0)
-    z0 = int(z)
-    y0 = int(y)
-    x0 = int(x)
-    fz = z - z0
-    fy = y - y0
-    fx = x - x0
-    if fz == 0.0 and fy == 0.0 and fx == 0.0:
-        return img[z0, y0, x0]
-    z1 = min(z0 + 1, d - 1)
-    y1 = min(y0 + 1, h - 1)
-    x1 = min(x0 + 1, w - 1)
-    c00 = img[z0, y0, x0] + fx * (img[z0, y0, x1] - img[z0, y0, x0])
-    c01 = img[z0, y1, x0] + fx * (img[z0, y1, x1] - img[z0, y1, x0])
-    c10 = img[z1, y0, x0] + fx * (img[z1, y0, x1] - img[z1, y0, x0])
-    c11 = img[z1, y1, x0] + fx * (img[z1, y1, x1] - img[z1, y1, x0])
-    c0 = c00 + fy * (c01 - c00)
-    c1 = c10 + fy * (c11 - c10)
-    return c0 + fz * (c1 - c0)
-
-
-@njit(cache=True)
-def affine_sample_2d(src, out, origin_y, origin_x, matrix, offset):
-    """``out[i, j] = src(matrix @ (origin + (i, j)) + offset)``, bilinear, clamp-to-edge."""
-    h, w = out.shape
-    for i in range(h):
-        py = origin_y + i
-        for j in range(w):
-            px = origin_x + j
-            sy = matrix[0, 0] * py + matrix[0, 1] * px + offset[0]
-            sx = matrix[1, 0] * py + matrix[1, 1] * px + offset[1]
-            out[i, j] = _bilinear(src, sy, sx)
-
-
-@njit(cache=True)
-def affine_sample_3d(src, out, origin, matrix, offset):
-    """3D version of :func:`affine_sample_2d`."""
-    d, h, w = out.shape
-    for k in range(d):
-        pz = origin[0] + k
-        for i in range(h):
-            py = origin[1] + i
-            for j in range(w):
-                px = origin[2] + j
-                sz = matrix[0, 0] * pz + matrix[0, 1] * py + matrix[0, 2] * px + offset[0]
-                sy = matrix[1, 0] * pz + matrix[1, 1] * py + matrix[1, 2] * px + offset[1]
-                sx = matrix[2, 0] * pz + matrix[2, 1] * py + matrix[2, 2] * px + offset[2]
-                out[k, i, j] = _trilinear(src, sz, sy, sx)
-
-
 # Radial profiles: the sampling position of pixel p is c + f(d) * (p - c), with d the
-# normalised elliptical distance of p from c (d < 1 inside the lesion).
+# normalised elliptical distance of p from c (d < 1 inside the lesion). Kernels work with
+# t = d^2 (no square root) and the displacement scale f - 1.
 SOURCE = 0  # f(d) = d ** (alpha - 1): alpha > 1 pushes tissue outwards, alpha < 1 pulls it in (sink)
 GUIDED = 1  # f(d) = 1 - k * (1 - d^2) ** stiffness: a smooth mass effect that never folds (k < 1)
 
+# GUIDED's (1 - t) ** stiffness is tabulated on this many cells of t in [0, 1] and read by
+# linear interpolation: a per-pixel pow cost three times the rest of the warp. The error,
+# h^2 / 8 * max |g''| = stiffness (stiffness - 1) / (8 CELLS^2) for stiffness >= 2 (organ
+# profiles enforce it), is under 4e-5 of the lesion's radius up to stiffness 4.5 (0.003 px on
+# a 224 px image); the interpolant still decreases in t, so the field still never folds.
+PROFILE_CELLS = 256
+
+
+@njit(cache=True)
+def _profile_table(mode, k, stiffness):
+    """-k (1 - t) ** stiffness at t = i / PROFILE_CELLS, with a trailing 0 so that reading
+    cell i + 1 at t = 1 needs no branch (empty for SOURCE, which uses pow per pixel)."""
+    if mode != GUIDED:
+        return np.zeros(2)
+    table = np.empty(PROFILE_CELLS + 2)
+    for i in range(PROFILE_CELLS + 1):
+        table[i] = -k * (1.0 - i / PROFILE_CELLS) ** stiffness
+    table[PROFILE_CELLS] = 0.0
+    table[PROFILE_CELLS + 1] = 0.0
+    return table
+
 
 @njit(cache=True, inline="always")
-def _radial_factor(mode, d, alpha, k, stiffness):
-    if d >= 1.0:
-        return 1.0
+def _scale_row(mode, ts, beta, table):
+    """f - 1 at each t = d^2 of a row, in place (0 outside the lesion, t >= 1): the
+    displacement is this times p - c. One loop per mode, without branches where possible."""
     if mode == SOURCE:
-        if d == 0.0:
-            return 0.0
-        return d ** (alpha - 1.0)
-    return 1.0 - k * (1.0 - d * d) ** stiffness
+        for j in range(ts.size):
+            t = ts[j]
+            if t >= 1.0:
+                ts[j] = 0.0
+            elif t == 0.0:
+                ts[j] = -1.0  # the centre samples itself (avoids 0 ** negative for a sink)
+            else:
+                ts[j] = np.float32(t) ** np.float32(beta) - 1.0
+        return
+    for j in range(ts.size):
+        x = min(ts[j], 1.0) * PROFILE_CELLS
+        cell = int(x)
+        ts[j] = table[cell] + (x - cell) * (table[cell + 1] - table[cell])
+
+
+@njit(cache=True, inline="always")
+def _bound(u2, limit):
+    """How much of a displacement of squared length ``u2`` may be kept where the room to
+    the anatomy's edge, less the sampling margin, is ``limit``."""
+    if u2 == 0.0:
+        return 1.0
+    if limit <= 0.0:
+        return 0.0
+    norm = np.sqrt(u2)
+    return limit / norm if norm > limit else 1.0
+
+
+@njit(cache=True, inline="always")
+def _gather_row_2d(src, out_row, ys, xs):
+    """Bilinear reads at positions already clamped to the image, without branches (a
+    weight of 0 keeps a value exactly, so an unmoved pixel is copied bit for bit)."""
+    last_y = src.shape[0] - 1
+    last_x = src.shape[1] - 1
+    for j in range(out_row.size):
+        y0 = int(ys[j])
+        x0 = int(xs[j])
+        fy = ys[j] - y0
+        fx = xs[j] - x0
+        y1 = min(y0 + 1, last_y)
+        x1 = min(x0 + 1, last_x)
+        top = src[y0, x0] + fx * (src[y0, x1] - src[y0, x0])
+        bottom = src[y1, x0] + fx * (src[y1, x1] - src[y1, x0])
+        out_row[j] = top + fy * (bottom - top)
 
 
 @njit(cache=True)
@@ -118,69 +99,141 @@ def radial_warp_2d(src, out, changed, origin_y, origin_x, cy, cx, inv, mode, alp
     ``inv`` maps offsets from the centre to normalised lesion coordinates. ``room``
     (same window, may be empty) bounds each displacement: |u| <= room - room_margin,
     so with room = distance to the nearest background pixel no tissue is pulled
-    across the foreground edge.
+    across the foreground edge. Per row, positions first (cheap arithmetic), then the reads.
     """
     h, w = out.shape
+    y_max = src.shape[0] - 1.0
+    x_max = src.shape[1] - 1.0
     bounded = room.size > 0
+    beta = 0.5 * (alpha - 1.0)
+    table = _profile_table(mode, k, stiffness)
+    scales = np.empty(w)
+    ys = np.empty(w)
+    xs = np.empty(w)
     for i in range(h):
-        dy = origin_y + i - cy
+        py = float(origin_y + i)
+        dy = py - cy
         for j in range(w):
             dx = origin_x + j - cx
             qy = inv[0, 0] * dy + inv[0, 1] * dx
             qx = inv[1, 0] * dy + inv[1, 1] * dx
-            d = np.sqrt(qy * qy + qx * qx)
-            f = _radial_factor(mode, d, alpha, k, stiffness)
-            uy = (f - 1.0) * dy
-            ux = (f - 1.0) * dx
-            if bounded and (uy != 0.0 or ux != 0.0):
-                limit = room[i, j] - room_margin
-                norm = np.sqrt(uy * uy + ux * ux)
-                if limit <= 0.0:
-                    uy = 0.0
-                    ux = 0.0
-                elif norm > limit:
-                    uy *= limit / norm
-                    ux *= limit / norm
-            moved = uy != 0.0 or ux != 0.0
-            changed[i, j] = moved
-            if moved:
-                out[i, j] = _bilinear(src, origin_y + i + uy, origin_x + j + ux)
-            else:
-                out[i, j] = src[origin_y + i, origin_x + j]
+            scales[j] = qy * qy + qx * qx
+        _scale_row(mode, scales, beta, table)
+        for j in range(w):
+            px = float(origin_x + j)
+            dx = px - cx
+            uy = scales[j] * dy
+            ux = scales[j] * dx
+            if bounded:
+                keep = _bound(uy * uy + ux * ux, room[i, j] - room_margin)
+                uy *= keep
+                ux *= keep
+            changed[i, j] = (uy != 0.0) | (ux != 0.0)
+            ys[j] = min(max(py + uy, 0.0), y_max)
+            xs[j] = min(max(px + ux, 0.0), x_max)
+        _gather_row_2d(src, out[i], ys, xs)
+
+
+@njit(cache=True, inline="always")
+def _gather_row_3d(src, out_row, zs, ys, xs):
+    """Trilinear version of :func:`_gather_row_2d`."""
+    last_z = src.shape[0] - 1
+    last_y = src.shape[1] - 1
+    last_x = src.shape[2] - 1
+    for j in range(out_row.size):
+        z0 = int(zs[j])
+        y0 = int(ys[j])
+        x0 = int(xs[j])
+        fz = zs[j] - z0
+        fy = ys[j] - y0
+        fx = xs[j] - x0
+        z1 = min(z0 + 1, last_z)
+        y1 = min(y0 + 1, last_y)
+        x1 = min(x0 + 1, last_x)
+        c00 = src[z0, y0, x0] + fx * (src[z0, y0, x1] - src[z0, y0, x0])
+        c01 = src[z0, y1, x0] + fx * (src[z0, y1, x1] - src[z0, y1, x0])
+        c10 = src[z1, y0, x0] + fx * (src[z1, y0, x1] - src[z1, y0, x0])
+        c11 = src[z1, y1, x0] + fx * (src[z1, y1, x1] - src[z1, y1, x0])
+        c0 = c00 + fy * (c01 - c00)
+        out_row[j] = c0 + fz * ((c10 + fy * (c11 - c10)) - c0)
 
 
 @njit(cache=True)
 def radial_warp_3d(src, out, changed, origin, centre, inv, mode, alpha, k, stiffness, room, room_margin):
     """3D version of :func:`radial_warp_2d`."""
     d_, h, w = out.shape
+    z_max = src.shape[0] - 1.0
+    y_max = src.shape[1] - 1.0
+    x_max = src.shape[2] - 1.0
     bounded = room.size > 0
+    beta = 0.5 * (alpha - 1.0)
+    table = _profile_table(mode, k, stiffness)
+    scales = np.empty(w)
+    zs = np.empty(w)
+    ys = np.empty(w)
+    xs = np.empty(w)
     for a in range(d_):
-        dz = origin[0] + a - centre[0]
+        pz = float(origin[0] + a)
+        dz = pz - centre[0]
         for i in range(h):
-            dy = origin[1] + i - centre[1]
+            py = float(origin[1] + i)
+            dy = py - centre[1]
             for j in range(w):
-                dx = origin[2] + j - centre[2]
-                q0, q1, q2 = lesion_coordinates(inv, dz, dy, dx)
-                d = np.sqrt(q0 * q0 + q1 * q1 + q2 * q2)
-                f = _radial_factor(mode, d, alpha, k, stiffness)
-                uz = (f - 1.0) * dz
-                uy = (f - 1.0) * dy
-                ux = (f - 1.0) * dx
-                if bounded and (uz != 0.0 or uy != 0.0 or ux != 0.0):
-                    limit = room[a, i, j] - room_margin
-                    norm = np.sqrt(uz * uz + uy * uy + ux * ux)
-                    if limit <= 0.0:
-                        uz = 0.0
-                        uy = 0.0
-                        ux = 0.0
-                    elif norm > limit:
-                        s = limit / norm
-                        uz *= s
-                        uy *= s
-                        ux *= s
-                moved = uz != 0.0 or uy != 0.0 or ux != 0.0
-                changed[a, i, j] = moved
-                if moved:
-                    out[a, i, j] = _trilinear(src, origin[0] + a + uz, origin[1] + i + uy, origin[2] + j + ux)
-                else:
-                    out[a, i, j] = src[origin[0] + a, origin[1] + i, origin[2] + j]
+                q0, q1, q2 = lesion_coordinates(inv, dz, dy, origin[2] + j - centre[2])
+                scales[j] = q0 * q0 + q1 * q1 + q2 * q2
+            _scale_row(mode, scales, beta, table)
+            for j in range(w):
+                px = float(origin[2] + j)
+                dx = px - centre[2]
+                uz = scales[j] * dz
+                uy = scales[j] * dy
+                ux = scales[j] * dx
+                if bounded:
+                    keep = _bound(uz * uz + uy * uy + ux * ux, room[a, i, j] - room_margin)
+                    uz *= keep
+                    uy *= keep
+                    ux *= keep
+                changed[a, i, j] = (uz != 0.0) | (uy != 0.0) | (ux != 0.0)
+                zs[j] = min(max(pz + uz, 0.0), z_max)
+                ys[j] = min(max(py + uy, 0.0), y_max)
+                xs[j] = min(max(px + ux, 0.0), x_max)
+            _gather_row_3d(src, out[a, i], zs, ys, xs)
+
+
+@njit(cache=True)
+def affine_sample_2d(src, out, origin_y, origin_x, matrix, offset):
+    """``out[i, j] = src(matrix @ (origin + (i, j)) + offset)``, bilinear, clamp-to-edge."""
+    h, w = out.shape
+    y_max = src.shape[0] - 1.0
+    x_max = src.shape[1] - 1.0
+    ys = np.empty(w)
+    xs = np.empty(w)
+    for i in range(h):
+        py = origin_y + i
+        for j in range(w):
+            px = origin_x + j
+            ys[j] = min(max(matrix[0, 0] * py + matrix[0, 1] * px + offset[0], 0.0), y_max)
+            xs[j] = min(max(matrix[1, 0] * py + matrix[1, 1] * px + offset[1], 0.0), x_max)
+        _gather_row_2d(src, out[i], ys, xs)
+
+
+@njit(cache=True)
+def affine_sample_3d(src, out, origin, matrix, offset):
+    """3D version of :func:`affine_sample_2d`."""
+    d, h, w = out.shape
+    z_max = src.shape[0] - 1.0
+    y_max = src.shape[1] - 1.0
+    x_max = src.shape[2] - 1.0
+    zs = np.empty(w)
+    ys = np.empty(w)
+    xs = np.empty(w)
+    for k in range(d):
+        pz = origin[0] + k
+        for i in range(h):
+            py = origin[1] + i
+            for j in range(w):
+                px = origin[2] + j
+                zs[j] = min(max(matrix[0, 0] * pz + matrix[0, 1] * py + matrix[0, 2] * px + offset[0], 0.0), z_max)
+                ys[j] = min(max(matrix[1, 0] * pz + matrix[1, 1] * py + matrix[1, 2] * px + offset[1], 0.0), y_max)
+                xs[j] = min(max(matrix[2, 0] * pz + matrix[2, 1] * py + matrix[2, 2] * px + offset[2], 0.0), x_max)
+            _gather_row_3d(src, out[k, i], zs, ys, xs)

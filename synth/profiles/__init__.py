@@ -41,6 +41,11 @@ def register_modality(name: str, textures: list[dict], organ: dict) -> None:
     for key in ("radius", "max_displacement", "stiffness"):
         if key not in organ:
             raise ValueError(f"organ profile for {name!r} lacks {key!r}")
+    low, high = organ["stiffness"]
+    if not 2.0 <= low <= high:
+        # the warp tabulates (1 - d^2) ** stiffness; its accuracy bound needs stiffness >= 2
+        raise ValueError(f"organ profile for {name!r} has stiffness range {organ['stiffness']}; "
+                         "expected 2 <= low <= high")
     _TABLE["textures"][name] = copy.deepcopy(textures)
     _TABLE["organs"][name] = dict(organ)
 

@@ -147,5 +147,8 @@ def _room(foreground: np.ndarray, lesion: Lesion, max_displacement: float) -> np
         # displacement (<= max_displacement) plus ROOM_MARGIN: the bound would change nothing.
         return None
     # Our exact transform, not OpenCV's: its results vary between processes in the last bits.
-    distance = kernels.distance_to_background_2d if fg.ndim == 2 else kernels.distance_to_background_3d
-    return np.ascontiguousarray(distance(fg)[lesion.inside(lo)])
+    # Distances of `margin` or more cannot bind either, so the transform may stop there.
+    inside = tuple(a - b for a, b in zip(lesion.lo, lo))
+    if fg.ndim == 2:
+        return kernels.distance_to_background_2d(fg, *inside, *lesion.mask.shape, margin)
+    return kernels.distance_to_background_3d(fg, inside, lesion.mask.shape, margin)
