@@ -39,7 +39,7 @@ class TaskPool:
     def sample(self, image: np.ndarray, seed: int, foreground=None, source=None, task: str | None = None,
                source_id: str | None = None) -> tuple[SynthesisRecord, Context]:
         """Draw a record for ``image`` from ``seed`` (deterministic)."""
-        rng = np.random.default_rng(seed)
+        rng = np.random.Generator(np.random.PCG64(seed))  # default_rng(seed), without its dispatch
         name = task or self.task_names[weighted_index(rng, self._cumulative)]
         if name not in self.tasks:
             raise ValueError(f"unknown task {name!r}; known tasks: {sorted(self.tasks)}")

@@ -1,4 +1,8 @@
-"""Small geometric helpers shared by masks and tasks: windows, rotations, shape matrices."""
+"""Small geometric helpers shared by masks and tasks: windows, rotations, shape matrices.
+
+Shape matrices and rotations are nested lists of floats (the JSON form records keep): for
+2x2 and 3x3 matrices plain Python is several times faster than numpy's per-call overhead,
+and sampling them is a large share of a small lesion's cost."""
 from __future__ import annotations
 
 import math
@@ -6,6 +10,7 @@ import math
 import numpy as np
 
 from . import kernels
+from .draws import uniform
 
 Window = tuple[slice, ...]
 
@@ -31,38 +36,46 @@ def bounding_box(mask: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]] | 
     return tuple(lo[skip:].tolist()), tuple(hi[skip:].tolist())
 
 
-def rotation_2d(angle: float) -> np.ndarray:
+def rotation_2d(angle: float) -> list[list[float]]:
     """Rotation by ``angle`` radians in (y, x) coordinates."""
     c, s = math.cos(angle), math.sin(angle)
-    return np.array([[c, -s], [s, c]])
+    return [[c, -s], [s, c]]
 
 
-def axis_angle(axis, angle: float) -> np.ndarray:
+def axis_angle(axis, angle: float) -> list[list[float]]:
     """3x3 rotation about a unit ``axis`` (z, y, x) by ``angle`` radians (Rodrigues)."""
     a = np.asarray(axis, dtype=np.float64)
     a = a / np.linalg.norm(a)
     k = np.array([[0, -a[2], a[1]], [a[2], 0, -a[0]], [-a[1], a[0], 0]])
-    return np.eye(3) + math.sin(angle) * k + (1 - math.cos(angle)) * (k @ k)
+    return (np.eye(3) + math.sin(angle) * k + (1 - math.cos(angle)) * (k @ k)).tolist()
 
 
-def random_rotation(rng: np.random.Generator, ndim: int, max_angle: float = math.pi) -> np.ndarray:
+def random_rotation(rng: np.random.Generator, ndim: int, max_angle: float = math.pi) -> list[list[float]]:
     """A random rotation: uniform angle in [-max_angle, max_angle] (2D) or about a uniform axis (3D)."""
-    angle = rng.uniform(-max_angle, max_angle)
+    angle = uniform(rng, (-max_angle, max_angle))
     if ndim == 2:
         return rotation_2d(angle)
     axis = rng.normal(size=3)
     return axis_angle(axis / np.linalg.norm(axis), angle)
 
 
-def shape_matrix(semi_axes, rotation: np.ndarray, shear: np.ndarray) -> np.ndarray:
+def identity(ndim: int) -> list[list[float]]:
+    return [[1.0 if i == j else 0.0 for j in range(ndim)] for i in range(ndim)]
+
+
+def shape_matrix(semi_axes, rotation, shear) -> list[list[float]]:
     """``A = rotation @ shear @ diag(semi_axes)``: maps the unit ball/cube onto the shape."""
-    return rotation @ shear @ np.diag(np.asarray(semi_axes, dtype=np.float64))
+    n = len(semi_axes)
+    rs = [[sum(rotation[i][k] * shear[k][j] for k in range(n)) for j in range(n)] for i in range(n)]
+    return [[rs[i][j] * float(semi_axes[j]) for j in range(n)] for i in range(n)]
 
 
-def half_extent(matrix: np.ndarray, box: bool) -> np.ndarray:
+def half_extent(matrix, box: bool) -> list[float]:
     """Half-size per axis of the box that bounds the shape ``matrix`` maps the unit ball
     (or, with ``box``, the unit cube) onto."""
-    return np.abs(matrix).sum(axis=1) if box else np.sqrt((matrix ** 2).sum(axis=1))
+    if box:
+        return [sum(abs(v) for v in row) for row in matrix]
+    return [math.sqrt(sum(v * v for v in row)) for row in matrix]
 
 
 def as_list(a) -> list:
@@ -71,12 +84,12 @@ def as_list(a) -> list:
 
 
 def inverse(matrix) -> np.ndarray:
-    """Inverse of a 2x2 or 3x3 shape matrix (closed form for 2x2: numpy's general inverse
-    costs more than the whole warp of a small lesion)."""
-    m = np.asarray(matrix, dtype=np.float64)
-    if m.shape == (2, 2):
-        det = m[0, 0] * m[1, 1] - m[0, 1] * m[1, 0]
+    """Inverse of a 2x2 or 3x3 shape matrix, as the float64 array kernels take (closed form
+    for 2x2: numpy's general inverse costs more than the whole warp of a small lesion)."""
+    if len(matrix) == 2:
+        (a, b), (c, d) = matrix
+        det = a * d - b * c
         if det == 0.0:
             raise ValueError("singular shape matrix")
-        return np.array([[m[1, 1], -m[0, 1]], [-m[1, 0], m[0, 0]]]) / det
-    return np.linalg.inv(m)
+        return np.array([[d / det, -b / det], [-c / det, a / det]])
+    return np.linalg.inv(np.asarray(matrix, dtype=np.float64))

@@ -13,8 +13,8 @@ import numpy as np
 
 from . import kernels
 from .config import MaskConfig
-from .draws import cumulative, weighted_index
-from .geometry import as_list, grow, half_extent, inverse, random_rotation, shape_matrix, window
+from .draws import cumulative, uniform, weighted_index
+from .geometry import as_list, grow, half_extent, identity, inverse, random_rotation, shape_matrix, window
 
 SHAPE_KINDS = ("ellipse", "rectangle")
 MASK_KINDS = ("perlin",) + SHAPE_KINDS
@@ -88,9 +88,8 @@ def perlin_field(spatial_shape, lattice, rotation, noise_seed: int, lo=None, hi=
 
 def _shape_box(params, spatial_shape, box: bool):
     """The window (lo, hi) that holds a shape, clipped to the image."""
-    matrix = np.asarray(params["matrix"], np.float64)
-    centre = np.asarray(params["centre"], np.float64)
-    ext = half_extent(matrix, box)
+    centre = params["centre"]
+    ext = half_extent(params["matrix"], box)
     lo = tuple(max(0, int(math.floor(c - e))) for c, e in zip(centre, ext))
     hi = tuple(min(n, int(math.ceil(c + e)) + 1) for c, e, n in zip(centre, ext, spatial_shape))
     if any(b <= a for a, b in zip(lo, hi)):
@@ -134,13 +133,12 @@ def _render_shape(params, spatial_shape):
     box = params["kind"] == "rectangle"
     lo, hi = _shape_box(params, spatial_shape, box)
     out = np.zeros(tuple(b - a for a, b in zip(lo, hi)), np.uint8)
-    matrix = np.asarray(params["matrix"], np.float64)
-    centre = np.asarray(params["centre"], np.float64)
-    inv = inverse(matrix)
+    centre = params["centre"]
+    inv = inverse(params["matrix"])
     if len(spatial_shape) == 2:
-        kernels.shape_2d(out, lo[0], lo[1], centre[0], centre[1], inv, box)
+        kernels.shape_2d(out, lo[0], lo[1], float(centre[0]), float(centre[1]), inv, box)
     else:
-        kernels.shape_3d(out, np.array(lo, np.float64), centre, inv, box)
+        kernels.shape_3d(out, np.array(lo, np.float64), np.asarray(centre, np.float64), inv, box)
     return out.view(bool), lo, hi
 
 
@@ -164,7 +162,7 @@ def _foreground_fraction(lesion: Lesion, foreground) -> float:
     return inside / max(1, np.count_nonzero(lesion.mask))
 
 
-def random_foreground_point(rng, foreground: np.ndarray, points: list) -> np.ndarray:
+def random_foreground_point(rng, foreground: np.ndarray, points: list) -> tuple[int, ...]:
     """A uniform random anatomy pixel: rejection sampling (cheap while the anatomy is a fair
     share of the image), else an index list built once per sample in ``points``."""
     if not points:
@@ -172,15 +170,15 @@ def random_foreground_point(rng, foreground: np.ndarray, points: list) -> np.nda
         for _ in range(32):
             candidate = tuple(int(u * n) for u, n in zip(rng.random(len(shape)).tolist(), shape))
             if foreground[candidate]:
-                return np.array(candidate, np.float64)
+                return candidate
         points.append(np.argwhere(foreground))
-    return points[0][rng.integers(len(points[0]))].astype(np.float64)
+    return tuple(points[0][rng.integers(len(points[0]))].tolist())
 
 
-def _random_centre(rng, spatial_shape, foreground, points):
+def _random_centre(rng, spatial_shape, foreground, points) -> list[float]:
     if foreground is None:
-        return np.array([rng.uniform(0, n - 1) for n in spatial_shape])
-    return random_foreground_point(rng, foreground, points) + rng.uniform(-0.5, 0.5, size=len(spatial_shape))
+        return [uniform(rng, (0, n - 1)) for n in spatial_shape]
+    return [p + uniform(rng, (-0.5, 0.5)) for p in random_foreground_point(rng, foreground, points)]
 
 
 def _sample_shape(rng, kind, spatial_shape, cfg: MaskConfig, centre, scale):
@@ -189,12 +187,11 @@ def _sample_shape(rng, kind, spatial_shape, cfg: MaskConfig, centre, scale):
     # plain floats: numpy's clip and maximum on two numbers cost more than the whole rendering
     semi = [max(min(max(e, cfg.size_min), cfg.size_max) * n * scale / 2.0, 1.0)
             for e, n in zip(extent.tolist(), spatial_shape)]
-    shear = np.eye(ndim)
+    shear = identity(ndim)
     for i in range(ndim):
         for j in range(i + 1, ndim):
-            shear[i, j] = rng.uniform(-cfg.shear, cfg.shear)
-    matrix = shape_matrix(semi, random_rotation(rng, ndim), shear)
-    return {"kind": kind, "centre": as_list(centre), "matrix": as_list(matrix)}
+            shear[i][j] = uniform(rng, (-cfg.shear, cfg.shear))
+    return {"kind": kind, "centre": centre, "matrix": shape_matrix(semi, random_rotation(rng, ndim), shear)}
 
 
 def _sample_perlin(rng, spatial_shape, cfg: MaskConfig, centre, scale) -> Lesion | None:
@@ -204,7 +201,7 @@ def _sample_perlin(rng, spatial_shape, cfg: MaskConfig, centre, scale) -> Lesion
     params = _sample_shape(rng, "perlin", spatial_shape, cfg, centre, scale)
     params["lattice"] = [int(2 ** rng.integers(cfg.perlin_min_exponent, cfg.perlin_max_exponent + 1))
                          for _ in range(ndim)]
-    params["rotation"] = float(rng.uniform(-math.pi, math.pi)) if ndim == 2 else as_list(random_rotation(rng, 3))
+    params["rotation"] = uniform(rng, (-math.pi, math.pi)) if ndim == 2 else random_rotation(rng, 3)
     params["noise_seed"] = int(rng.integers(2 ** 63))
     params["envelope"] = cfg.perlin_envelope
     lo, hi = _shape_box(params, spatial_shape, box=False)

@@ -38,16 +38,15 @@ class Context:
         return self._scale
 
 
-def uniform(rng: np.random.Generator, bounds) -> float:
-    return float(rng.uniform(bounds[0], bounds[1]))
-
-
 class Task:
     """Base class: one lesion loop around ``sample_lesion``/``apply_lesion``."""
 
     name: ClassVar[str] = ""
     # mask kinds this task uses; None means the configured mix
     mask_kinds: ClassVar[dict[str, float] | None] = None
+    # True for tasks whose outputs are interpolations of input values (warps, pastes): they
+    # stay in [0, 1] without clipping
+    keeps_range: ClassVar[bool] = False
 
     def sample(self, rng: np.random.Generator, image: np.ndarray, ctx: Context) -> dict:
         count = int(rng.integers(1, ctx.config.max_anomalies + 1))
@@ -69,10 +68,11 @@ class Task:
         for i, lesion_params in enumerate(params["lesions"]):
             lesion = ctx.lesions[i] if ctx.lesions else render(lesion_params["mask"], ctx.spatial_shape)
             touched = self.apply_lesion(out, lesion, lesion_params, ctx, mask)
-            # only the lesion's window changed, so only it needs clipping (a full-image clip
-            # costs more than a small lesion on a 3D volume)
-            region = out[(slice(None),) + touched]
-            np.clip(region, 0.0, 1.0, out=region)
+            if not self.keeps_range:
+                # only the lesion's window changed, so only it needs clipping (a full-image clip
+                # costs more than a small lesion on a 3D volume)
+                region = out[(slice(None),) + touched]
+                np.clip(region, 0.0, 1.0, out=region)
         return out, mask
 
     def sample_lesion(self, rng, image, lesion: Lesion, ctx: Context) -> dict:

@@ -7,10 +7,11 @@ import math
 import numpy as np
 
 from .. import kernels
-from ..geometry import as_list, inverse, random_rotation, shape_matrix, window
+from ..draws import uniform
+from ..geometry import identity, inverse, random_rotation, shape_matrix, window
 from ..masks import Lesion, random_foreground_point, render
 from ..profiles import organ_profile
-from .base import Context, Task, mark, uniform
+from .base import Context, Task, mark
 
 # Bilinear (trilinear) sampling reads up to sqrt(3) px from the sampling point: keeping
 # |u(p)| <= distance_to_background(p) - 1.75 keeps every value read inside the anatomy.
@@ -42,6 +43,7 @@ class SourceDeformation(Task):
     (its inverse for a sink)."""
 
     name = "source_deformation"
+    keeps_range = True
     mask_kinds = {"ellipse": 1.0}
 
     def sample_lesion(self, rng, image, lesion, ctx: Context) -> dict:
@@ -70,6 +72,7 @@ class GuidedDeformation(Task):
     tissue is pulled across it. The mask marks the pixels that moved."""
 
     name = "guided_deformation"
+    keeps_range = True
 
     def sample_masks(self, rng, count: int, ctx: Context) -> list[Lesion]:
         organ = organ_profile(ctx.config.modality)
@@ -79,21 +82,21 @@ class GuidedDeformation(Task):
         lesions = []
         for _ in range(count):
             if ctx.foreground is None:
-                centre = np.array([uniform(rng, (0, n - 1)) for n in ctx.spatial_shape])
+                centre = [uniform(rng, (0, n - 1)) for n in ctx.spatial_shape]
             else:
                 centre = _deep_point(rng, ctx.foreground, points)
             radius = uniform(rng, organ["radius"]) * side
-            semi = radius * rng.uniform(0.75, 1.25, size=ndim)
-            matrix = shape_matrix(semi, random_rotation(rng, ndim), np.eye(ndim))
-            lesions.append(render({"kind": "ellipse", "centre": as_list(centre), "matrix": as_list(matrix)},
-                                  ctx.spatial_shape))
+            semi = [radius * uniform(rng, (0.75, 1.25)) for _ in range(ndim)]
+            matrix = shape_matrix(semi, random_rotation(rng, ndim), identity(ndim))
+            lesions.append(render({"kind": "ellipse", "centre": centre, "matrix": matrix}, ctx.spatial_shape))
         return lesions
 
     def sample_lesion(self, rng, image, lesion, ctx: Context) -> dict:
         organ = organ_profile(ctx.config.modality)
         stiffness = uniform(rng, organ["stiffness"])
         max_displacement = uniform(rng, organ["max_displacement"]) * min(ctx.spatial_shape)
-        longest = float(np.sqrt((np.asarray(lesion.params["matrix"]) ** 2).sum(axis=0)).max())
+        matrix = lesion.params["matrix"]
+        longest = max(math.sqrt(sum(row[j] ** 2 for row in matrix)) for j in range(len(matrix)))
         k = min(0.9, max_displacement / (longest * _peak_of_profile(stiffness)))
         return {"organ": organ["organ"], "stiffness": stiffness, "k": k, "max_displacement": max_displacement,
                 "bounded_by_foreground": ctx.foreground is not None}
@@ -115,15 +118,14 @@ class GuidedDeformation(Task):
 CENTRE_DEPTH = 4
 
 
-def _deep_point(rng, foreground: np.ndarray, points: list, tries: int = 32) -> np.ndarray:
+def _deep_point(rng, foreground: np.ndarray, points: list, tries: int = 32) -> list[float]:
     """A random anatomy point at least CENTRE_DEPTH px from the background."""
     r = CENTRE_DEPTH
     for _ in range(tries):
-        point = random_foreground_point(rng, foreground, points).astype(np.int64)
-        box = tuple(slice(max(0, int(c) - r), int(c) + r + 1) for c in point)
-        if all(int(c) - r >= 0 and int(c) + r < n for c, n in zip(point, foreground.shape)) \
-                and foreground[box].all():
-            return point.astype(np.float64)
+        point = random_foreground_point(rng, foreground, points)
+        if all(r <= c < n - r for c, n in zip(point, foreground.shape)) \
+                and foreground[tuple(slice(c - r, c + r + 1) for c in point)].all():
+            return [float(c) for c in point]
     import scipy.ndimage as ndi  # rare path: thin anatomy
 
     depth = ndi.distance_transform_edt(np.pad(foreground, 1))[(slice(1, -1),) * foreground.ndim]
@@ -131,7 +133,7 @@ def _deep_point(rng, foreground: np.ndarray, points: list, tries: int = 32) -> n
     if depth[deepest] <= ROOM_MARGIN + 1.0:
         raise ValueError("the foreground is too thin for a guided deformation (no point is more than "
                          f"{ROOM_MARGIN + 1.0} px from the background)")
-    return np.asarray(deepest, np.float64)
+    return [float(c) for c in deepest]
 
 
 def _room(foreground: np.ndarray, lesion: Lesion, max_displacement: float) -> np.ndarray | None:

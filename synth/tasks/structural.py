@@ -7,9 +7,10 @@ import numpy as np
 
 from .. import kernels
 from ..blend import solve_window
-from ..geometry import as_list, random_rotation, window
+from ..draws import uniform
+from ..geometry import random_rotation, window
 from ..masks import random_foreground_point
-from .base import Context, Task, mark, uniform
+from .base import Context, Task, mark
 
 
 def _source_sampler(params: dict, lesion_centre: np.ndarray, ndim: int):
@@ -34,20 +35,21 @@ class CutPaste(Task):
     inside the mask."""
 
     name = "cutpaste"
+    keeps_range = True
 
     def sample_lesion(self, rng, image, lesion, ctx: Context) -> dict:
         cfg = ctx.config
         ndim = len(ctx.spatial_shape)
-        scale = float(math.exp(rng.uniform(math.log(cfg.cutpaste_scale[0]), math.log(cfg.cutpaste_scale[1]))))
+        scale = math.exp(uniform(rng, (math.log(cfg.cutpaste_scale[0]), math.log(cfg.cutpaste_scale[1]))))
         rotation = random_rotation(rng, ndim, math.radians(cfg.cutpaste_max_rotation_deg))
         if ctx.source is None and ctx.foreground is not None:
             # a patch of the same image: take it from the anatomy, not the background
-            centre = random_foreground_point(rng, ctx.foreground, ctx.foreground_points).tolist()
+            centre = [float(c) for c in random_foreground_point(rng, ctx.foreground, ctx.foreground_points)]
         else:
             reach = (np.asarray(lesion.hi) - np.asarray(lesion.lo)) / 2.0 / scale * math.sqrt(ndim)
             centre = [uniform(rng, (r, n - 1 - r)) if n - 1 - r > r else (n - 1) / 2.0
                       for r, n in zip(reach, ctx.spatial_shape)]
-        return {"source_centre": centre, "rotation": as_list(rotation), "scale": scale}
+        return {"source_centre": centre, "rotation": rotation, "scale": scale}
 
     def _patch(self, out, lesion, params, ctx, lo, hi, channel):
         source = out if ctx.source is None else ctx.source
@@ -69,6 +71,7 @@ class Poisson(CutPaste):
     the patch's gradients (or mixed gradients) as guidance and the image on the boundary."""
 
     name = "poisson"
+    keeps_range = False  # the solve can overshoot [0, 1]
 
     def sample_lesion(self, rng, image, lesion, ctx: Context) -> dict:
         params = super().sample_lesion(rng, image, lesion, ctx)
