@@ -6,6 +6,7 @@ scales with its size. Sampling returns JSON-ready parameters; :func:`render` tur
 back into the same mask, bit for bit, in any process."""
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -29,7 +30,7 @@ class Lesion:
     lo: tuple[int, ...]
     hi: tuple[int, ...]
 
-    @property
+    @functools.cached_property
     def window(self):
         return window(self.lo, self.hi)
 

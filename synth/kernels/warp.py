@@ -91,6 +91,20 @@ def _gather_row_2d(src, out_row, ys, xs):
         out_row[j] = top + fy * (bottom - top)
 
 
+@njit(cache=True, inline="always")
+def _row_span(pp, pq, qq, x0, w):
+    """The columns [lo, hi) of a row whose lesion coordinates q = p + (x0 + j) q' can reach
+    |q| < 1 (pp = p.p, pq = p.q', qq = q'.q'), widened by a pixel against rounding: every
+    other pixel of the row is outside the lesion and does not move."""
+    disc = pq * pq - qq * (pp - 1.0)
+    if disc <= 0.0:
+        return 0, 0
+    root = np.sqrt(disc)
+    lo = int(np.floor((-pq - root) / qq - x0)) - 1
+    hi = int(np.ceil((-pq + root) / qq - x0)) + 2
+    return min(max(lo, 0), w), min(max(hi, 0), w)
+
+
 @njit(cache=True)
 def radial_warp_2d(src, out, changed, origin_y, origin_x, cy, cx, inv, mode, alpha, k, stiffness,
                    room, room_margin):
@@ -99,7 +113,8 @@ def radial_warp_2d(src, out, changed, origin_y, origin_x, cy, cx, inv, mode, alp
     ``inv`` maps offsets from the centre to normalised lesion coordinates. ``room``
     (same window, may be empty) bounds each displacement: |u| <= room - room_margin,
     so with room = distance to the nearest background pixel no tissue is pulled
-    across the foreground edge. Per row, positions first (cheap arithmetic), then the reads.
+    across the foreground edge. Per row, positions first (cheap arithmetic), then the reads,
+    both only on the span of the row that the lesion covers.
     """
     h, w = out.shape
     y_max = src.shape[0] - 1.0
@@ -110,28 +125,39 @@ def radial_warp_2d(src, out, changed, origin_y, origin_x, cy, cx, inv, mode, alp
     scales = np.empty(w)
     ys = np.empty(w)
     xs = np.empty(w)
+    qq = inv[0, 1] * inv[0, 1] + inv[1, 1] * inv[1, 1]
     for i in range(h):
         py = float(origin_y + i)
         dy = py - cy
-        for j in range(w):
-            dx = origin_x + j - cx
-            qy = inv[0, 0] * dy + inv[0, 1] * dx
-            qx = inv[1, 0] * dy + inv[1, 1] * dx
+        p0 = inv[0, 0] * dy
+        p1 = inv[1, 0] * dy
+        start, stop = _row_span(p0 * p0 + p1 * p1, p0 * inv[0, 1] + p1 * inv[1, 1], qq, origin_x - cx, w)
+        for j in range(start):
+            out[i, j] = src[origin_y + i, origin_x + j]
+            changed[i, j] = 0
+        for j in range(stop, w):
+            out[i, j] = src[origin_y + i, origin_x + j]
+            changed[i, j] = 0
+        n = stop - start
+        for j in range(n):
+            dx = origin_x + start + j - cx
+            qy = p0 + inv[0, 1] * dx
+            qx = p1 + inv[1, 1] * dx
             scales[j] = qy * qy + qx * qx
-        _scale_row(mode, scales, beta, table)
-        for j in range(w):
-            px = float(origin_x + j)
+        _scale_row(mode, scales[:n], beta, table)
+        for j in range(n):
+            px = float(origin_x + start + j)
             dx = px - cx
             uy = scales[j] * dy
             ux = scales[j] * dx
             if bounded:
-                keep = _bound(uy * uy + ux * ux, room[i, j] - room_margin)
+                keep = _bound(uy * uy + ux * ux, room[i, start + j] - room_margin)
                 uy *= keep
                 ux *= keep
-            changed[i, j] = (uy != 0.0) | (ux != 0.0)
+            changed[i, start + j] = (uy != 0.0) | (ux != 0.0)
             ys[j] = min(max(py + uy, 0.0), y_max)
             xs[j] = min(max(px + ux, 0.0), x_max)
-        _gather_row_2d(src, out[i], ys, xs)
+        _gather_row_2d(src, out[i, start:stop], ys, xs)
 
 
 @njit(cache=True, inline="always")
@@ -172,32 +198,43 @@ def radial_warp_3d(src, out, changed, origin, centre, inv, mode, alpha, k, stiff
     zs = np.empty(w)
     ys = np.empty(w)
     xs = np.empty(w)
+    qq = inv[0, 2] * inv[0, 2] + inv[1, 2] * inv[1, 2] + inv[2, 2] * inv[2, 2]
     for a in range(d_):
         pz = float(origin[0] + a)
         dz = pz - centre[0]
         for i in range(h):
             py = float(origin[1] + i)
             dy = py - centre[1]
-            for j in range(w):
-                q0, q1, q2 = lesion_coordinates(inv, dz, dy, origin[2] + j - centre[2])
+            p0, p1, p2 = lesion_coordinates(inv, dz, dy, 0.0)
+            start, stop = _row_span(p0 * p0 + p1 * p1 + p2 * p2, p0 * inv[0, 2] + p1 * inv[1, 2] + p2 * inv[2, 2],
+                                    qq, origin[2] - centre[2], w)
+            for j in range(start):
+                out[a, i, j] = src[origin[0] + a, origin[1] + i, origin[2] + j]
+                changed[a, i, j] = 0
+            for j in range(stop, w):
+                out[a, i, j] = src[origin[0] + a, origin[1] + i, origin[2] + j]
+                changed[a, i, j] = 0
+            n = stop - start
+            for j in range(n):
+                q0, q1, q2 = lesion_coordinates(inv, dz, dy, origin[2] + start + j - centre[2])
                 scales[j] = q0 * q0 + q1 * q1 + q2 * q2
-            _scale_row(mode, scales, beta, table)
-            for j in range(w):
-                px = float(origin[2] + j)
+            _scale_row(mode, scales[:n], beta, table)
+            for j in range(n):
+                px = float(origin[2] + start + j)
                 dx = px - centre[2]
                 uz = scales[j] * dz
                 uy = scales[j] * dy
                 ux = scales[j] * dx
                 if bounded:
-                    keep = _bound(uz * uz + uy * uy + ux * ux, room[a, i, j] - room_margin)
+                    keep = _bound(uz * uz + uy * uy + ux * ux, room[a, i, start + j] - room_margin)
                     uz *= keep
                     uy *= keep
                     ux *= keep
-                changed[a, i, j] = (uz != 0.0) | (uy != 0.0) | (ux != 0.0)
+                changed[a, i, start + j] = (uz != 0.0) | (uy != 0.0) | (ux != 0.0)
                 zs[j] = min(max(pz + uz, 0.0), z_max)
                 ys[j] = min(max(py + uy, 0.0), y_max)
                 xs[j] = min(max(px + ux, 0.0), x_max)
-            _gather_row_3d(src, out[a, i], zs, ys, xs)
+            _gather_row_3d(src, out[a, i, start:stop], zs, ys, xs)
 
 
 @njit(cache=True)
