@@ -66,8 +66,16 @@ def identity(ndim: int) -> list[list[float]]:
 def shape_matrix(semi_axes, rotation, shear) -> list[list[float]]:
     """``A = rotation @ shear @ diag(semi_axes)``: maps the unit ball/cube onto the shape."""
     n = len(semi_axes)
-    rs = [[sum(rotation[i][k] * shear[k][j] for k in range(n)) for j in range(n)] for i in range(n)]
-    return [[rs[i][j] * float(semi_axes[j]) for j in range(n)] for i in range(n)]
+    out = []
+    for row in rotation:
+        product = []
+        for j in range(n):
+            total = 0.0
+            for k in range(n):
+                total += row[k] * shear[k][j]
+            product.append(total * semi_axes[j])
+        out.append(product)
+    return out
 
 
 def half_extent(matrix, box: bool) -> list[float]:

@@ -58,3 +58,36 @@ def test_distance_to_background_is_scipys_exact_transform(shape):
         np.testing.assert_array_equal(capped[near], ours[window][near])
         assert (capped[~near] >= cap).all()
     assert (distance(np.ones(shape, np.uint8)) > 1e10).all()  # no background: far everywhere
+
+
+@pytest.mark.parametrize("shape", [(40, 50), (12, 14, 16)])
+def test_capped_distance_on_a_window_of_a_large_mask(shape):
+    """Against scipy's EDT of the whole mask: exact below the cap, at least the cap elsewhere,
+    and empty only where no window pixel lies within the cap of the background."""
+    from scipy import ndimage as ndi
+
+    from synth import kernels
+
+    rng = np.random.default_rng(len(shape))
+    seen_empty = seen_full = False
+    for trial in range(40):
+        fg = rng.random(shape) >= (0.002 if trial % 2 else 0.05)
+        fg.flat[int(rng.integers(fg.size))] = False
+        exact = ndi.distance_transform_edt(fg)
+        lo = tuple(int(rng.integers(n // 2)) for n in shape)
+        size = tuple(int(rng.integers(1, n - a + 1)) for a, n in zip(lo, shape))
+        cap = int(rng.integers(1, 6))
+        if len(shape) == 2:
+            room = kernels.capped_distance_2d(fg, *lo, *size, cap)
+        else:
+            room = kernels.capped_distance_3d(fg, lo, size, cap)
+        window = exact[tuple(slice(a, a + n) for a, n in zip(lo, size))]
+        if room.size == 0:
+            seen_empty = True
+            assert (window >= cap).all()
+            continue
+        seen_full = True
+        near = window < cap
+        np.testing.assert_allclose(room[near], window[near], rtol=1e-6, atol=0)
+        assert (room[~near] >= cap).all()
+    assert seen_empty and seen_full

@@ -132,3 +132,50 @@ def distance_to_background_3d(fg, lo=(0, 0, 0), shape=(-1, -1, -1), cap=1 << 40)
             for j in range(width):
                 out[k, i, j] = np.sqrt(res[j])
     return out
+
+
+
+@njit(cache=True)
+def capped_distance_2d(foreground, top, left, height, width, cap):
+    """Distance from each pixel of the window (``height`` x ``width`` at top, left) of a
+    boolean mask to its nearest background (False) pixel, exact below ``cap`` and some value
+    >= ``cap`` elsewhere (found within ``cap`` pixels of the window). Empty (0 x 0) when no
+    background lies that near: then no distance on the window is below ``cap``."""
+    h, w = foreground.shape
+    y0 = max(top - cap, 0)
+    x0 = max(left - cap, 0)
+    y1 = min(top + height + cap, h)
+    x1 = min(left + width + cap, w)
+    box = np.empty((y1 - y0, x1 - x0), np.uint8)
+    background = False
+    for i in range(y1 - y0):
+        for j in range(x1 - x0):
+            value = foreground[y0 + i, x0 + j]
+            box[i, j] = value
+            background |= not value
+    if not background:
+        return np.empty((0, 0), np.float32)
+    return distance_to_background_2d(box, top - y0, left - x0, height, width, cap)
+
+
+@njit(cache=True)
+def capped_distance_3d(foreground, lo, shape, cap):
+    """3D version of :func:`capped_distance_2d` on the window of ``shape`` at ``lo``."""
+    d, h, w = foreground.shape
+    z0 = max(lo[0] - cap, 0)
+    y0 = max(lo[1] - cap, 0)
+    x0 = max(lo[2] - cap, 0)
+    z1 = min(lo[0] + shape[0] + cap, d)
+    y1 = min(lo[1] + shape[1] + cap, h)
+    x1 = min(lo[2] + shape[2] + cap, w)
+    box = np.empty((z1 - z0, y1 - y0, x1 - x0), np.uint8)
+    background = False
+    for k in range(z1 - z0):
+        for i in range(y1 - y0):
+            for j in range(x1 - x0):
+                value = foreground[z0 + k, y0 + i, x0 + j]
+                box[k, i, j] = value
+                background |= not value
+    if not background:
+        return np.empty((0, 0, 0), np.float32)
+    return distance_to_background_3d(box, (lo[0] - z0, lo[1] - y0, lo[2] - x0), shape, cap)

@@ -106,25 +106,27 @@ def _row_span(pp, pq, qq, x0, w):
 
 
 @njit(cache=True)
-def radial_warp_2d(src, out, changed, origin_y, origin_x, cy, cx, inv, mode, alpha, k, stiffness,
+def radial_warp_2d(image, moved, origin_y, origin_x, height, width, cy, cx, inv, mode, alpha, k, stiffness,
                    room, room_margin):
-    """Warp the window of ``src`` at origin into ``out`` and mark moved pixels in ``changed``.
+    """Warp the window (``height`` x ``width`` at origin) of every channel of ``image``
+    (C, H, W) in place, and set ``moved`` (H, W, may be empty) to 1 where a pixel moved.
 
     ``inv`` maps offsets from the centre to normalised lesion coordinates. ``room``
-    (same window, may be empty) bounds each displacement: |u| <= room - room_margin,
+    (the window's shape, may be empty) bounds each displacement: |u| <= room - room_margin,
     so with room = distance to the nearest background pixel no tissue is pulled
-    across the foreground edge. Per row, positions first (cheap arithmetic), then the reads,
-    both only on the span of the row that the lesion covers.
+    across the foreground edge. Positions are computed once per row, only on the span of
+    the row that the lesion covers (nothing else moves), then read for every channel.
     """
-    h, w = out.shape
-    y_max = src.shape[0] - 1.0
-    x_max = src.shape[1] - 1.0
+    h, w = height, width
+    y_max = image.shape[1] - 1.0
+    x_max = image.shape[2] - 1.0
     bounded = room.size > 0
     beta = 0.5 * (alpha - 1.0)
     table = _profile_table(mode, k, stiffness)
-    scales = np.empty(w)
-    ys = np.empty(w)
-    xs = np.empty(w)
+    ys = np.empty((h, w))
+    xs = np.empty((h, w))
+    starts = np.empty(h, np.int64)
+    stops = np.empty(h, np.int64)
     qq = inv[0, 1] * inv[0, 1] + inv[1, 1] * inv[1, 1]
     for i in range(h):
         py = float(origin_y + i)
@@ -132,20 +134,16 @@ def radial_warp_2d(src, out, changed, origin_y, origin_x, cy, cx, inv, mode, alp
         p0 = inv[0, 0] * dy
         p1 = inv[1, 0] * dy
         start, stop = _row_span(p0 * p0 + p1 * p1, p0 * inv[0, 1] + p1 * inv[1, 1], qq, origin_x - cx, w)
-        for j in range(start):
-            out[i, j] = src[origin_y + i, origin_x + j]
-            changed[i, j] = 0
-        for j in range(stop, w):
-            out[i, j] = src[origin_y + i, origin_x + j]
-            changed[i, j] = 0
-        n = stop - start
-        for j in range(n):
+        starts[i] = start
+        stops[i] = stop
+        scales = ys[i, start:stop]  # scratch until the positions overwrite it
+        for j in range(stop - start):
             dx = origin_x + start + j - cx
             qy = p0 + inv[0, 1] * dx
             qx = p1 + inv[1, 1] * dx
             scales[j] = qy * qy + qx * qx
-        _scale_row(mode, scales[:n], beta, table)
-        for j in range(n):
+        _scale_row(mode, scales, beta, table)
+        for j in range(stop - start):
             px = float(origin_x + start + j)
             dx = px - cx
             uy = scales[j] * dy
@@ -154,10 +152,18 @@ def radial_warp_2d(src, out, changed, origin_y, origin_x, cy, cx, inv, mode, alp
                 keep = _bound(uy * uy + ux * ux, room[i, start + j] - room_margin)
                 uy *= keep
                 ux *= keep
-            changed[i, start + j] = (uy != 0.0) | (ux != 0.0)
-            ys[j] = min(max(py + uy, 0.0), y_max)
-            xs[j] = min(max(px + ux, 0.0), x_max)
-        _gather_row_2d(src, out[i, start:stop], ys, xs)
+            if moved.size > 0 and (uy != 0.0 or ux != 0.0):
+                moved[origin_y + i, origin_x + start + j] = 1.0
+            ys[i, start + j] = min(max(py + uy, 0.0), y_max)
+            xs[i, start + j] = min(max(px + ux, 0.0), x_max)
+    rows = np.empty((h, w), np.float32)
+    for c in range(image.shape[0]):
+        src = image[c]
+        for i in range(h):  # read everything before writing: the reads overlap other rows
+            _gather_row_2d(src, rows[i, starts[i]:stops[i]], ys[i, starts[i]:stops[i]], xs[i, starts[i]:stops[i]])
+        for i in range(h):
+            for j in range(starts[i], stops[i]):
+                src[origin_y + i, origin_x + j] = rows[i, j]
 
 
 @njit(cache=True, inline="always")
@@ -185,19 +191,21 @@ def _gather_row_3d(src, out_row, zs, ys, xs):
 
 
 @njit(cache=True)
-def radial_warp_3d(src, out, changed, origin, centre, inv, mode, alpha, k, stiffness, room, room_margin):
-    """3D version of :func:`radial_warp_2d`."""
-    d_, h, w = out.shape
-    z_max = src.shape[0] - 1.0
-    y_max = src.shape[1] - 1.0
-    x_max = src.shape[2] - 1.0
+def radial_warp_3d(image, moved, origin, shape, centre, inv, mode, alpha, k, stiffness, room, room_margin):
+    """3D version of :func:`radial_warp_2d`: ``image`` (C, D, H, W), the window of ``shape``
+    at ``origin``."""
+    d_, h, w = shape
+    z_max = image.shape[1] - 1.0
+    y_max = image.shape[2] - 1.0
+    x_max = image.shape[3] - 1.0
     bounded = room.size > 0
     beta = 0.5 * (alpha - 1.0)
     table = _profile_table(mode, k, stiffness)
-    scales = np.empty(w)
-    zs = np.empty(w)
-    ys = np.empty(w)
-    xs = np.empty(w)
+    zs = np.empty((d_, h, w))
+    ys = np.empty((d_, h, w))
+    xs = np.empty((d_, h, w))
+    starts = np.empty((d_, h), np.int64)
+    stops = np.empty((d_, h), np.int64)
     qq = inv[0, 2] * inv[0, 2] + inv[1, 2] * inv[1, 2] + inv[2, 2] * inv[2, 2]
     for a in range(d_):
         pz = float(origin[0] + a)
@@ -208,18 +216,14 @@ def radial_warp_3d(src, out, changed, origin, centre, inv, mode, alpha, k, stiff
             p0, p1, p2 = lesion_coordinates(inv, dz, dy, 0.0)
             start, stop = _row_span(p0 * p0 + p1 * p1 + p2 * p2, p0 * inv[0, 2] + p1 * inv[1, 2] + p2 * inv[2, 2],
                                     qq, origin[2] - centre[2], w)
-            for j in range(start):
-                out[a, i, j] = src[origin[0] + a, origin[1] + i, origin[2] + j]
-                changed[a, i, j] = 0
-            for j in range(stop, w):
-                out[a, i, j] = src[origin[0] + a, origin[1] + i, origin[2] + j]
-                changed[a, i, j] = 0
-            n = stop - start
-            for j in range(n):
+            starts[a, i] = start
+            stops[a, i] = stop
+            scales = zs[a, i, start:stop]  # scratch until the positions overwrite it
+            for j in range(stop - start):
                 q0, q1, q2 = lesion_coordinates(inv, dz, dy, origin[2] + start + j - centre[2])
                 scales[j] = q0 * q0 + q1 * q1 + q2 * q2
-            _scale_row(mode, scales[:n], beta, table)
-            for j in range(n):
+            _scale_row(mode, scales, beta, table)
+            for j in range(stop - start):
                 px = float(origin[2] + start + j)
                 dx = px - centre[2]
                 uz = scales[j] * dz
@@ -230,11 +234,23 @@ def radial_warp_3d(src, out, changed, origin, centre, inv, mode, alpha, k, stiff
                     uz *= keep
                     uy *= keep
                     ux *= keep
-                changed[a, i, start + j] = (uz != 0.0) | (uy != 0.0) | (ux != 0.0)
-                zs[j] = min(max(pz + uz, 0.0), z_max)
-                ys[j] = min(max(py + uy, 0.0), y_max)
-                xs[j] = min(max(px + ux, 0.0), x_max)
-            _gather_row_3d(src, out[a, i, start:stop], zs, ys, xs)
+                if moved.size > 0 and (uz != 0.0 or uy != 0.0 or ux != 0.0):
+                    moved[origin[0] + a, origin[1] + i, origin[2] + start + j] = 1.0
+                zs[a, i, start + j] = min(max(pz + uz, 0.0), z_max)
+                ys[a, i, start + j] = min(max(py + uy, 0.0), y_max)
+                xs[a, i, start + j] = min(max(px + ux, 0.0), x_max)
+    rows = np.empty((d_, h, w), np.float32)
+    for c in range(image.shape[0]):
+        src = image[c]
+        for a in range(d_):  # read everything before writing: the reads overlap other rows
+            for i in range(h):
+                lo = starts[a, i]
+                hi = stops[a, i]
+                _gather_row_3d(src, rows[a, i, lo:hi], zs[a, i, lo:hi], ys[a, i, lo:hi], xs[a, i, lo:hi])
+        for a in range(d_):
+            for i in range(h):
+                for j in range(starts[a, i], stops[a, i]):
+                    src[origin[0] + a, origin[1] + i, origin[2] + j] = rows[a, i, j]
 
 
 @njit(cache=True)

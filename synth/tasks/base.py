@@ -99,5 +99,7 @@ def output_buffers(image, ctx: Context, out, mask):
 
 
 def mark(mask: np.ndarray, lesion: Lesion) -> None:
-    """Set the lesion's pixels in the full-size ``mask``."""
-    mask[lesion.window][lesion.mask] = 1.0
+    """Set the lesion's pixels in the full-size ``mask``: a maximum, since the mask holds
+    only 0 and 1 (half the cost of a boolean index)."""
+    window = mask[lesion.window]
+    np.maximum(window, lesion.mask, out=window)

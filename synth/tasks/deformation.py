@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import kernels
 from ..draws import uniform
-from ..geometry import identity, inverse, random_rotation, shape_matrix, window
+from ..geometry import identity, inverse, random_rotation, shape_matrix
 from ..masks import Lesion, random_foreground_point, render
 from ..profiles import organ_profile
 from .base import Context, Task, mark
@@ -18,23 +18,24 @@ from .base import Context, Task, mark
 ROOM_MARGIN = 1.75
 
 
-def _warp(out, lesion: Lesion, mode: int, alpha: float, k: float, stiffness: float, room) -> np.ndarray:
-    """Warp every channel of ``out`` on the lesion window; returns the moved-pixel window."""
-    centre = np.asarray(lesion.params["centre"], np.float64)
+def _warp(out, lesion: Lesion, mode: int, alpha: float, k: float, stiffness: float, room, moved) -> None:
+    """Warp every channel of ``out`` in place on the lesion window; where ``moved`` (the
+    full-size mask, or an empty array) is given, set it to 1 on the pixels that moved."""
+    centre = lesion.params["centre"]
     inv = inverse(lesion.params["matrix"])
-    changed = np.zeros(lesion.mask.shape, np.uint8)
-    room = np.zeros((0,) * lesion.mask.ndim, np.float32) if room is None else room
-    for c in range(out.shape[0]):
-        src = np.ascontiguousarray(out[c])  # read whole, written back only after the warp: no copy
-        dst = np.empty(lesion.mask.shape, np.float32)
-        if lesion.mask.ndim == 2:
-            kernels.radial_warp_2d(src, dst, changed, lesion.lo[0], lesion.lo[1], centre[0], centre[1], inv,
-                                   mode, alpha, k, stiffness, room, ROOM_MARGIN)
-        else:
-            kernels.radial_warp_3d(src, dst, changed, np.array(lesion.lo, np.int64), centre, inv, mode,
-                                   alpha, k, stiffness, room, ROOM_MARGIN)
-        out[c][lesion.window] = dst
-    return changed.view(bool)
+    ndim = lesion.mask.ndim
+    room = _NOWHERE[ndim] if room is None else room
+    moved = _NOWHERE[ndim] if moved is None else moved
+    if ndim == 2:
+        kernels.radial_warp_2d(out, moved, lesion.lo[0], lesion.lo[1], *lesion.mask.shape, float(centre[0]),
+                               float(centre[1]), inv, mode, alpha, k, stiffness, room, ROOM_MARGIN)
+    else:
+        kernels.radial_warp_3d(out, moved, lesion.lo, lesion.mask.shape, np.asarray(centre, np.float64), inv,
+                               mode, alpha, k, stiffness, room, ROOM_MARGIN)
+
+
+# "No room bound" and "no moved-pixel mask" for the kernels: empty float32 arrays
+_NOWHERE = {2: np.zeros((0, 0), np.float32), 3: np.zeros((0, 0, 0), np.float32)}
 
 
 class SourceDeformation(Task):
@@ -54,7 +55,7 @@ class SourceDeformation(Task):
 
     def apply_lesion(self, out, lesion, params, ctx, mask):
         alpha = params["strength"] if params["direction"] == "source" else 1.0 / params["strength"]
-        _warp(out, lesion, kernels.SOURCE, alpha, 0.0, 1.0, None)
+        _warp(out, lesion, kernels.SOURCE, alpha, 0.0, 1.0, None, None)
         mark(mask, lesion)
         return lesion.window
 
@@ -108,8 +109,7 @@ class GuidedDeformation(Task):
                 raise ValueError("this guided_deformation record was sampled with a foreground mask; "
                                  "pass the same foreground to replay it")
             room = _room(ctx.foreground, lesion, params["max_displacement"])
-        changed = _warp(out, lesion, kernels.GUIDED, 1.0, params["k"], params["stiffness"], room)
-        mask[lesion.window][changed] = 1.0
+        _warp(out, lesion, kernels.GUIDED, 1.0, params["k"], params["stiffness"], room, mask)
         return lesion.window
 
 
@@ -138,19 +138,12 @@ def _deep_point(rng, foreground: np.ndarray, points: list, tries: int = 32) -> l
 
 def _room(foreground: np.ndarray, lesion: Lesion, max_displacement: float) -> np.ndarray | None:
     """Distance to the nearest background pixel on the lesion window, or None where the bound
-    cannot bind. Computed on a window grown by more than any displacement, which is all the
-    accuracy the bound needs."""
+    cannot bind. Only distances below any displacement plus the sampling margin can bind, so
+    the transform looks that far around the window and no further."""
     margin = int(math.ceil(max_displacement + ROOM_MARGIN)) + 2
-    lo, hi = lesion.grown(margin, foreground.shape)
-    fg = np.ascontiguousarray(foreground[window(lo, hi)], dtype=np.uint8)
-    inner = all(a >= margin and b + margin <= n for a, b, n in zip(lesion.lo, lesion.hi, foreground.shape))
-    if inner and fg.all():
-        # Every lesion pixel is at least `margin` px from the background, more than any
-        # displacement (<= max_displacement) plus ROOM_MARGIN: the bound would change nothing.
-        return None
-    # Our exact transform, not OpenCV's: its results vary between processes in the last bits.
-    # Distances of `margin` or more cannot bind either, so the transform may stop there.
-    inside = tuple(a - b for a, b in zip(lesion.lo, lo))
-    if fg.ndim == 2:
-        return kernels.distance_to_background_2d(fg, *inside, *lesion.mask.shape, margin)
-    return kernels.distance_to_background_3d(fg, inside, lesion.mask.shape, margin)
+    # our exact transform, not OpenCV's: its results vary between processes in the last bits
+    if foreground.ndim == 2:
+        room = kernels.capped_distance_2d(foreground, *lesion.lo, *lesion.mask.shape, margin)
+    else:
+        room = kernels.capped_distance_3d(foreground, lesion.lo, lesion.mask.shape, margin)
+    return room if room.size else None
