@@ -252,3 +252,13 @@ def test_cutpaste_from_another_image_needs_that_image_to_replay():
     assert np.array_equal(out, again)
     # hard paste: inside the mask the values come from the other image's range of values
     assert not np.array_equal(out[mask > 0], image[mask > 0])
+
+
+def test_organ_profiles_refuse_a_stiffness_below_two():
+    """The guided warp's tabulated profile is accurate from stiffness 2 up."""
+    from synth.profiles import modalities, register_modality
+
+    organ = {"organ": "soft", "radius": [0.1, 0.2], "max_displacement": [0.01, 0.02], "stiffness": [1.5, 3.0]}
+    with pytest.raises(ValueError, match="stiffness"):
+        register_modality("too_soft", [], organ)
+    assert "too_soft" not in modalities()
