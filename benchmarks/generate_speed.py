@@ -68,7 +68,7 @@ def raw(path: str, jobs: dict[int, list[int]], workers: int) -> float:
 
 def gen(data: Path, out: Path, samples: int, shard: int, workers: int, size: int) -> float:
     args = argparse.Namespace(data=str(data), support=None, out=str(out), samples=samples, seed=0, size=size,
-                              shard_size=shard, chunk_size=16, dtype="uint8", config=None, workers=workers, dask_local=None,
+                              shard_size=shard, chunk_size=64, dtype="uint8", config=None, workers=workers, dask_local=None,
                               scheduler=None, overwrite=True, no_progress=True)
     t = time.perf_counter()
     generate.generate(args)

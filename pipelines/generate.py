@@ -41,8 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, required=True, help="seed S of the whole set")
     parser.add_argument("--size", type=int, default=224, help="working size; folder images are resized to it")
     parser.add_argument("--shard-size", type=int, default=256, help="samples per shard (the unit of work)")
-    parser.add_argument("--chunk-size", type=int, default=16,
-                        help="samples per chunk, the unit of reading (divides --shard-size; default 16)")
+    parser.add_argument("--chunk-size", type=int, default=64,
+                        help="samples per chunk, the unit of reading (divides --shard-size; default 64, "
+                             "the loader's block)")
     parser.add_argument("--dtype", choices=("uint8", "float16"), default="uint8", help="stored image type")
     parser.add_argument("--config", default=None, help="SynthesisConfig as JSON (SynthesisConfig.to_dict)")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="local processes")

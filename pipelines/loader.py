@@ -146,26 +146,24 @@ class _Split(IterableDataset):
 
     def _batches(self, indices: np.ndarray, rng: np.random.Generator) -> Iterator[dict[str, Any]]:
         """Windows of ``window`` samples read together, shuffled inside and cut into batches; a
-        window's remainder opens the next batch, so only this worker's last batch is short."""
+        window's remainder opens the next batch, so only this worker's last batch is short.
+        Batches are gathered row by row from the windows as read (no shuffled copy)."""
         size = int(self.batch_size or 1)
         step = max(size, self.window) if self.shuffle else size
-        carry: dict[str, np.ndarray] | None = None
+        pending: list[tuple[dict[str, np.ndarray], np.ndarray]] = []  # (window, its rows) of the next batch
+        count = 0
         for at in range(0, len(indices), step):
             d = self._read(indices[at:at + step])
-            if self.shuffle:
-                d = _take(d, rng.permutation(len(d["index"])))
-            if carry is not None:
-                d = {k: np.concatenate([carry[k], d[k]]) for k in d}
-            full = len(d["index"]) // size * size
-            for b in range(0, full, size):
-                yield _batch(_take(d, slice(b, b + size)), self.as_stored)
-            carry = _take(d, slice(full, None))
-        if carry is not None and len(carry["index"]) and not self.drop_last:
-            yield _batch(carry, self.as_stored)
-
-
-def _take(d: dict[str, np.ndarray], which: Any) -> dict[str, np.ndarray]:
-    return {k: v[which] for k, v in d.items()}
+            rows = rng.permutation(len(d["index"])) if self.shuffle else np.arange(len(d["index"]))
+            while len(rows):
+                take = min(size - count, len(rows))
+                pending.append((d, rows[:take]))
+                rows, count = rows[take:], count + take
+                if count == size:
+                    yield _batch(pending, self.as_stored)
+                    pending, count = [], 0
+        if pending and not self.drop_last:
+            yield _batch(pending, self.as_stored)
 
 
 def _new_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -198,12 +196,31 @@ def _mask(stored: np.ndarray) -> torch.Tensor:
     return out
 
 
-def _batch(d: dict[str, np.ndarray], as_stored: bool) -> dict[str, Any]:
-    """What ``default_collate`` makes of the items of ``d``, built with one conversion per array."""
-    return {"image": _unit(d["images"], as_stored), "gt_mask": _mask(d["masks"]),
-            "gt_label": torch.from_numpy(d["labels"].astype(np.int64)),
-            "task": [str(t) for t in d["tasks"]], "source_id": [str(s) for s in d["source_ids"]],
-            "index": torch.from_numpy(d["index"].astype(np.int64))}
+def _batch(parts: list[tuple[dict[str, np.ndarray], np.ndarray]], as_stored: bool) -> dict[str, Any]:
+    """What ``default_collate`` makes of the items at ``rows`` of each read window, in order:
+    images and masks converted row by row straight into the (shared-memory) batch tensors."""
+    n = sum(len(rows) for _, rows in parts)
+    stored = parts[0][0]["images"]
+    dtype = torch.from_numpy(stored[:0]).dtype if as_stored else torch.float32
+    images = _new_tensor((n, 1, *stored.shape[-2:]), dtype)
+    masks = _new_tensor((n, 1, *stored.shape[-2:]), torch.bool)
+    image_rows, mask_rows = images.numpy()[:, 0], masks.numpy()[:, 0]
+    k = 0
+    for d, rows in parts:
+        for r in rows.tolist():
+            if stored.dtype == np.uint8 and not as_stored:
+                np.divide(d["images"][r], np.float32(255.0), out=image_rows[k], dtype=np.float32)
+            else:
+                image_rows[k] = d["images"][r]
+            np.not_equal(d["masks"][r], 0, out=mask_rows[k])
+            k += 1
+
+    def gather(key: str) -> np.ndarray:
+        return np.concatenate([d[key][rows] for d, rows in parts])
+
+    return {"image": images, "gt_mask": masks, "gt_label": torch.from_numpy(gather("labels").astype(np.int64)),
+            "task": [str(t) for t in gather("tasks")], "source_id": [str(s) for s in gather("source_ids")],
+            "index": torch.from_numpy(gather("index").astype(np.int64))}
 
 
 def _item(d: dict[str, np.ndarray], k: int, as_stored: bool) -> dict[str, Any]:
@@ -276,7 +293,7 @@ class CachedDataset(_Split):
                 meta, off = self._shard_meta(shard), shard * self.shard_size
                 for k in ("labels", "tasks", "source_ids"):
                     parts[k].append(meta[k][lo - off:hi - off])
-        out = {k: np.concatenate(v) for k, v in parts.items()}
+        out = {k: v[0] if len(v) == 1 else np.concatenate(v) for k, v in parts.items()}
         out["index"] = np.asarray(indices, dtype=np.int64)
         return out
 
