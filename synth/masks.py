@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -29,10 +29,19 @@ class Lesion:
     mask: np.ndarray  # bool, the window
     lo: tuple[int, ...]
     hi: tuple[int, ...]
+    inv: np.ndarray | None = field(default=None, repr=False)  # see ``inverse``
 
     @functools.cached_property
     def window(self):
         return window(self.lo, self.hi)
+
+    @property
+    def inverse(self) -> np.ndarray:
+        """The inverse shape matrix: lesion coordinates of an offset from the centre (kept
+        from rendering, where shapes need it too)."""
+        if self.inv is None:
+            self.inv = inverse(self.params["matrix"])
+        return self.inv
 
     def grown(self, margin: int, spatial_shape) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """The lesion's window grown by ``margin`` pixels, clipped to the image: (lo, hi)."""
@@ -130,7 +139,7 @@ def _render_perlin(params, spatial_shape):
     return mask, lo, hi
 
 
-def _render_shape(params, spatial_shape):
+def _render_shape(params, spatial_shape) -> Lesion:
     box = params["kind"] == "rectangle"
     lo, hi = _shape_box(params, spatial_shape, box)
     out = np.zeros(tuple(b - a for a, b in zip(lo, hi)), np.uint8)
@@ -140,18 +149,16 @@ def _render_shape(params, spatial_shape):
         kernels.shape_2d(out, lo[0], lo[1], float(centre[0]), float(centre[1]), inv, box)
     else:
         kernels.shape_3d(out, np.array(lo, np.float64), np.asarray(centre, np.float64), inv, box)
-    return out.view(bool), lo, hi
+    return Lesion(params, out.view(bool), lo, hi, inv)
 
 
 def render(params: dict, spatial_shape) -> Lesion:
     """Render mask parameters (as sampled) into a :class:`Lesion`."""
     if params["kind"] == "perlin":
-        mask, lo, hi = _render_perlin(params, spatial_shape)
-    elif params["kind"] in SHAPE_KINDS:
-        mask, lo, hi = _render_shape(params, spatial_shape)
-    else:
-        raise ValueError(f"unknown mask kind {params['kind']!r}; expected one of {MASK_KINDS}")
-    return Lesion(params, mask, lo, hi)
+        return Lesion(params, *_render_perlin(params, spatial_shape))
+    if params["kind"] in SHAPE_KINDS:
+        return _render_shape(params, spatial_shape)
+    raise ValueError(f"unknown mask kind {params['kind']!r}; expected one of {MASK_KINDS}")
 
 
 # ----------------------------------------------------------------------------- sampling

@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import kernels
 from ..draws import uniform
-from ..geometry import identity, inverse, random_rotation, shape_matrix
+from ..geometry import identity, random_rotation, shape_matrix
 from ..masks import Lesion, random_foreground_point, render
 from ..profiles import organ_profile
 from .base import Context, Task, mark
@@ -22,7 +22,7 @@ def _warp(out, lesion: Lesion, mode: int, alpha: float, k: float, stiffness: flo
     """Warp every channel of ``out`` in place on the lesion window; where ``moved`` (the
     full-size mask, or an empty array) is given, set it to 1 on the pixels that moved."""
     centre = lesion.params["centre"]
-    inv = inverse(lesion.params["matrix"])
+    inv = lesion.inverse
     ndim = lesion.mask.ndim
     room = _NOWHERE[ndim] if room is None else room
     moved = _NOWHERE[ndim] if moved is None else moved
