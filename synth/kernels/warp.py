@@ -25,19 +25,20 @@ GUIDED = 1  # f(d) = 1 - k * (1 - d^2) ** stiffness: a smooth mass effect that n
 # profiles enforce it), is under 4e-5 of the lesion's radius up to stiffness 4.5 (0.003 px on
 # a 224 px image); the interpolant still decreases in t, so the field still never folds.
 PROFILE_CELLS = 256
+# log(1 - t) on the cells (the last, log 0, is never used): a lesion's table then costs one exp
+# per cell instead of one pow, a third of the time
+_LOG_ONE_MINUS_T = np.log1p(-np.arange(PROFILE_CELLS) / PROFILE_CELLS)
 
 
 @njit(cache=True)
 def _profile_table(mode, k, stiffness):
-    """-k (1 - t) ** stiffness at t = i / PROFILE_CELLS, with a trailing 0 so that reading
+    """-k (1 - t) ** stiffness at t = i / PROFILE_CELLS, with trailing 0s so that reading
     cell i + 1 at t = 1 needs no branch (empty for SOURCE, which uses pow per pixel)."""
     if mode != GUIDED:
         return np.zeros(2)
-    table = np.empty(PROFILE_CELLS + 2)
-    for i in range(PROFILE_CELLS + 1):
-        table[i] = -k * (1.0 - i / PROFILE_CELLS) ** stiffness
-    table[PROFILE_CELLS] = 0.0
-    table[PROFILE_CELLS + 1] = 0.0
+    table = np.zeros(PROFILE_CELLS + 2)
+    for i in range(PROFILE_CELLS):
+        table[i] = -k * np.exp(stiffness * _LOG_ONE_MINUS_T[i])
     return table
 
 
@@ -69,8 +70,9 @@ def _bound(u2, limit):
         return 1.0
     if limit <= 0.0:
         return 0.0
-    norm = np.sqrt(u2)
-    return limit / norm if norm > limit else 1.0
+    if u2 <= limit * limit:  # the usual case, decided without a square root
+        return 1.0
+    return limit / np.sqrt(u2)
 
 
 @njit(cache=True, inline="always")
