@@ -4,8 +4,8 @@
 
 Everything runs on one thread per process (numba, OpenCV, BLAS); the throughput test
 uses 2 worker processes. Prints a markdown report (medians in ms, ratios measured in
-this run) for benchmarks/RESULTS.md. The deformation comparison alternates blocks of MONAI
-calls and of our samples over 7 rounds and reports the median of the per-round ratios.
+this run) for benchmarks/RESULTS.md. The Poisson and deformation comparisons alternate blocks
+of the anchor's calls and of ours over 7 rounds and report the median of the per-round ratios.
 """
 from __future__ import annotations
 
@@ -51,6 +51,27 @@ def median_ms(fn, repeats, warmup=3):
         fn()
         times.append(time.perf_counter() - t0)
     return 1e3 * float(np.median(times)), 1e3 * float(np.mean(times))
+
+
+def block_ms(fn, calls: int) -> float:
+    """Mean ms per call over a block of ``calls`` back-to-back calls."""
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return 1e3 * (time.perf_counter() - t0) / calls
+
+
+def interleaved_ms(fns: dict, calls: dict, rounds: int) -> dict:
+    """Per-call ms of each function, as the median over ``rounds`` rounds in which every
+    function runs one block in turn: a slow spell of the machine hits all of them alike, and
+    blocks of many samples average over the sample-to-sample mix (one lesion or two)."""
+    for fn in fns.values():
+        block_ms(fn, 3)
+    blocks = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            blocks[name].append(block_ms(fn, calls[name]))
+    return {name: float(np.median(b)) for name, b in blocks.items()}, blocks
 
 
 def per_task(shape, repeats, layout):
@@ -112,36 +133,16 @@ def poisson_vs_opencv(repeats):
         m8 = (mask * 255).astype(np.uint8)
         centre = (70 + size // 2, 80 + size // 2)
         cv = lambda: cv2.seamlessClone(s8, t8, m8.copy(), centre, cv2.NORMAL_CLONE)  # noqa: E731
-        ours_ms = median_ms(ours, repeats)[0]
-        cv_ms = median_ms(cv, repeats)[0]
+        medians, blocks = interleaved_ms({"ours": ours, "cv2": cv}, {"ours": repeats, "cv2": repeats // 3}, rounds=7)
+        ours_ms, cv_ms = medians["ours"], medians["cv2"]
+        ratios = [c / o for c, o in zip(blocks["cv2"], blocks["ours"])]
         ref = exact_solve(target[win], source[win], mask[win])
         err_ours = 255 * float(np.abs(synth.poisson_blend(target, source, mask, clip=False)[win] - ref).max())
         cv_out = cv()[..., 0].astype(np.float64) / 255.0
         err_cv = 255 * float(np.abs(cv_out[win][mask[win]] - ref[mask[win]]).max())
-        rows[size] = {"pixels": int(mask.sum()), "ours_ms": ours_ms, "cv2_ms": cv_ms, "speedup": cv_ms / ours_ms,
+        rows[size] = {"pixels": int(mask.sum()), "ours_ms": ours_ms, "cv2_ms": cv_ms, "speedup": float(np.median(ratios)),
                       "ours_err_grey": err_ours, "cv2_err_grey": err_cv}
     return rows
-
-
-def block_ms(fn, calls: int) -> float:
-    """Mean ms per call over a block of ``calls`` back-to-back calls."""
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return 1e3 * (time.perf_counter() - t0) / calls
-
-
-def interleaved_ms(fns: dict, calls: dict, rounds: int) -> dict:
-    """Per-call ms of each function, as the median over ``rounds`` rounds in which every
-    function runs one block in turn: a slow spell of the machine hits all of them alike, and
-    blocks of many samples average over the sample-to-sample mix (one lesion or two)."""
-    for fn in fns.values():
-        block_ms(fn, 3)
-    blocks = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            blocks[name].append(block_ms(fn, calls[name]))
-    return {name: float(np.median(b)) for name, b in blocks.items()}, blocks
 
 
 def deformation_vs_monai(repeats):
