@@ -176,7 +176,7 @@ def random_foreground_point(rng, foreground: np.ndarray, points: list) -> tuple[
     if not points:
         shape = foreground.shape
         for _ in range(32):
-            candidate = tuple(int(u * n) for u, n in zip(rng.random(len(shape)).tolist(), shape))
+            candidate = tuple([int(u * n) for u, n in zip(rng.random(len(shape)).tolist(), shape)])
             if foreground[candidate]:
                 return candidate
         points.append(np.argwhere(foreground))

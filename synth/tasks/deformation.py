@@ -121,10 +121,11 @@ CENTRE_DEPTH = 4
 def _deep_point(rng, foreground: np.ndarray, points: list, tries: int = 32) -> list[float]:
     """A random anatomy point at least CENTRE_DEPTH px from the background."""
     r = CENTRE_DEPTH
+    limits = [n - r for n in foreground.shape]
     for _ in range(tries):
         point = random_foreground_point(rng, foreground, points)
-        if all(r <= c < n - r for c, n in zip(point, foreground.shape)) \
-                and foreground[tuple(slice(c - r, c + r + 1) for c in point)].all():
+        if min(point) >= r and all([c < n for c, n in zip(point, limits)]) \
+                and foreground[tuple([slice(c - r, c + r + 1) for c in point])].all():
             return [float(c) for c in point]
     import scipy.ndimage as ndi  # rare path: thin anatomy
 
