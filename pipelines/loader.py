@@ -9,8 +9,8 @@ so that every sample comes exactly once per epoch (ranks get counts that differ 
 one). The order is shard-aware: shards in random order, blocks of samples in random order
 inside a shard, then a shuffle window; reads are one zarr call per run of consecutive samples.
 With ``batch_size=B`` a dataset yields whole batches (what ``default_collate`` would make of B
-items), read and converted in one step per array: use it with ``DataLoader(ds,
-batch_size=None)``; it is about twice as fast as items. ``as_stored=True`` keeps the image as
+items), read a window at a time and converted row by row straight into the batch tensors: use
+it with ``DataLoader(ds, batch_size=None)``; it is about twice as fast as items. ``as_stored=True`` keeps the image as
 stored (uint8 0..255 or float16) so that it crosses to the main process at a quarter of the
 bytes and is converted on the GPU: ``batch["image"].cuda().float().div_(255)``. Call
 ``set_epoch(e)`` each epoch, like ``DistributedSampler``.
