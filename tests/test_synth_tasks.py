@@ -262,3 +262,17 @@ def test_organ_profiles_refuse_a_stiffness_below_two():
     with pytest.raises(ValueError, match="stiffness"):
         register_modality("too_soft", [], organ)
     assert "too_soft" not in modalities()
+
+
+def test_poisson_is_clipped_where_the_solve_overshoots(monkeypatch):
+    """Poisson is the one structural task whose output can leave [0, 1]: it must keep its clip
+    (it once inherited CutPaste's "keeps range" flag)."""
+    from synth.tasks.structural import Poisson
+
+    yy, xx = np.mgrid[:64, :64]
+    image = (((yy // 4) + (xx // 4)) % 2).astype(np.float32) * 0.98 + 0.01  # sharp 0.01 / 0.99 squares
+    outs = [synth.synthesize(image, rng=s, task="poisson").image for s in range(10)]
+    assert all(0.0 <= o.min() and o.max() <= 1.0 for o in outs)
+    monkeypatch.setattr(Poisson, "keeps_range", True)
+    unclipped = [synth.synthesize(image, rng=s, task="poisson").image for s in range(10)]
+    assert any(u.min() < 0.0 or u.max() > 1.0 for u in unclipped)  # the case above is a real one
