@@ -205,10 +205,11 @@ def _batch(parts: list[tuple[dict[str, np.ndarray], np.ndarray]], as_stored: boo
     images = _new_tensor((n, 1, *stored.shape[-2:]), dtype)
     masks = _new_tensor((n, 1, *stored.shape[-2:]), torch.bool)
     image_rows, mask_rows = images.numpy()[:, 0], masks.numpy()[:, 0]
+    scale = stored.dtype == np.uint8 and not as_stored
     k = 0
     for d, rows in parts:
         for r in rows.tolist():
-            if stored.dtype == np.uint8 and not as_stored:
+            if scale:
                 np.divide(d["images"][r], np.float32(255.0), out=image_rows[k], dtype=np.float32)
             else:
                 image_rows[k] = d["images"][r]

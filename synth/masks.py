@@ -119,10 +119,11 @@ def _as_3d(params, lo):
     return centre, inv, origin
 
 
-def _blob(params, field, lo, threshold) -> tuple[np.ndarray, int]:
+def _blob(params, field, frame, threshold) -> tuple[np.ndarray, int]:
+    """Threshold ``field`` inside the envelope; ``frame`` is ``_as_3d(params, lo)``."""
     out = np.empty(field.shape, np.uint8)
     shape3 = (1,) * (3 - field.ndim) + field.shape
-    centre, inv, origin = _as_3d(params, lo)
+    centre, inv, origin = frame
     count = kernels.blob_threshold(field.reshape(shape3), out.reshape(shape3), origin, centre, inv,
                                    params["envelope"], threshold)
     return out.view(bool), count
@@ -133,7 +134,7 @@ def _render_perlin(params, spatial_shape):
     envelope (so the cost, and the lesion, stay local)."""
     lo, hi = _shape_box(params, spatial_shape, box=False)
     field = perlin_field(spatial_shape, params["lattice"], params["rotation"], params["noise_seed"], lo, hi)
-    mask, count = _blob(params, field, lo, params["threshold"])
+    mask, count = _blob(params, field, _as_3d(params, lo), params["threshold"])
     if count == 0:
         raise ValueError("perlin mask parameters render an empty mask")
     return mask, lo, hi
@@ -214,11 +215,12 @@ def _sample_perlin(rng, spatial_shape, cfg: MaskConfig, centre, scale) -> Lesion
     params["envelope"] = cfg.perlin_envelope
     lo, hi = _shape_box(params, spatial_shape, box=False)
     field = perlin_field(spatial_shape, params["lattice"], params["rotation"], params["noise_seed"], lo, hi)
-    area = _blob(params, field, lo, -np.inf)[1]
+    frame = _as_3d(params, lo)  # the same for every threshold tried
+    area = _blob(params, field, frame, -np.inf)[1]
     lo_cov, hi_cov = cfg.perlin_coverage
     for _ in range(cfg.threshold_tries):
-        threshold = float(rng.uniform(*cfg.perlin_threshold))
-        mask, count = _blob(params, field, lo, threshold)
+        threshold = uniform(rng, cfg.perlin_threshold)
+        mask, count = _blob(params, field, frame, threshold)
         if area and lo_cov <= count / area <= hi_cov:
             params["threshold"] = threshold
             return Lesion(params, mask, lo, hi)

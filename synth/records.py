@@ -21,15 +21,10 @@ def _freeze(value):
     # Scalars are returned inline, not through a call, and lists through list comprehensions
     # (a generator costs more than the short lists of floats records are mostly made of):
     # records are frozen once per sample, and a tenth of the sampling time went here.
-    kind = type(value)
-    if kind is dict:
-        return MappingProxyType({k: v if type(v) in _SCALARS else _freeze(v) for k, v in value.items()})
-    if kind is list or kind is tuple:
-        return tuple([v if type(v) in _SCALARS else _freeze(v) for v in value])
     if isinstance(value, dict):
-        return MappingProxyType({k: _freeze(v) for k, v in value.items()})
+        return MappingProxyType({k: v if type(v) in _SCALARS else _freeze(v) for k, v in value.items()})
     if isinstance(value, (list, tuple)):
-        return tuple([_freeze(v) for v in value])
+        return tuple([v if type(v) in _SCALARS else _freeze(v) for v in value])
     return value
 
 

@@ -17,6 +17,9 @@ from numba import njit
 
 # "No background on this line": larger than any squared distance, small enough to add to.
 FAR = 1e30
+# A run length meaning "no background yet", far above any real distance: also the default cap
+# (no cap), since a run this long is never reached
+NO_BACKGROUND = 1 << 40
 
 
 @njit(cache=True)
@@ -25,15 +28,14 @@ def _column_distances(fg, top, height, cap):
     or it is ``cap`` or more), for rows [top, top + height): runs of foreground counted down
     and up whole rows at a time (contiguous and branch-free: every column advances at once)."""
     h, w = fg.shape
-    none = np.int64(1) << 40  # "no background yet": stays far above any real distance
-    run = np.full(w, none, np.int64)
+    run = np.full(w, NO_BACKGROUND, np.int64)
     up = np.empty((height, w), np.int64)
     for i in range(top + height):
         for j in range(w):
             run[j] = (run[j] + 1) * (fg[i, j] != 0)
         if i >= top:
             up[i - top] = run
-    run[:] = none
+    run[:] = NO_BACKGROUND
     for i in range(h - 1, top + height - 1, -1):
         for j in range(w):
             run[j] = (run[j] + 1) * (fg[i, j] != 0)
@@ -82,7 +84,7 @@ def _envelope(f, out, start, v, z):
 
 
 @njit(cache=True)
-def distance_to_background_2d(fg, top=0, left=0, height=-1, width=-1, cap=1 << 40):
+def distance_to_background_2d(fg, top=0, left=0, height=-1, width=-1, cap=NO_BACKGROUND):
     """float32 distance from each pixel of a uint8 mask to its nearest 0 pixel (0 on the
     background; about 1e15 everywhere when the mask has no 0 at all), on the window of
     ``height`` x ``width`` pixels at (top, left) (-1: to the mask's end). Distances of
@@ -103,7 +105,7 @@ def distance_to_background_2d(fg, top=0, left=0, height=-1, width=-1, cap=1 << 4
 
 
 @njit(cache=True)
-def distance_to_background_3d(fg, lo=(0, 0, 0), shape=(-1, -1, -1), cap=1 << 40):
+def distance_to_background_3d(fg, lo=(0, 0, 0), shape=(-1, -1, -1), cap=NO_BACKGROUND):
     """3D version of :func:`distance_to_background_2d` on the window of ``shape`` at ``lo``."""
     d, h, w = fg.shape
     depth = d - lo[0] if shape[0] < 0 else shape[0]
