@@ -17,7 +17,8 @@ import pytest
 import zarr
 
 from pipelines import cli
-from pipelines.cache import ARRAYS_1D, file_checksums, mark_done
+from pipelines.cache import ARRAYS_1D, _write_arrays, file_checksums, mark_done, shard_keys
+from pipelines.shards import ShardFiles
 
 ROOT = Path(__file__).resolve().parents[1]
 ARRAYS = ("images", "masks", *ARRAYS_1D)
@@ -88,6 +89,43 @@ def test_two_workers_and_dask_write_the_same_arrays(images, reference, tmp_path)
     # same bytes on disk too, not just equal decoded values
     for shard in range(3):
         assert file_checksums(reference, shard) == file_checksums(tmp_path / "dask.zarr", shard)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float16"])
+def test_direct_shard_writer_writes_the_bytes_zarr_writes(images, tmp_path, dtype):
+    """Shards are written by ShardFiles, not zarr: its files must be zarr's, byte for byte
+    (zarr rewriting the same data is the reference), and a partial shard is left to zarr."""
+    out = tmp_path / "c.zarr"
+    assert gen(images, out, "--workers", "1", "--dtype", dtype, samples=20) == 0  # shards of 8, 8 and 4
+    names = ["images", "masks", *ARRAYS_1D]
+    writer = ShardFiles.open(out, names)
+    assert writer is not None, "the cache's own layout must take the direct path"
+    group = zarr.open_group(str(out), mode="r+")
+    arrays_ = {n: group[n] for n in names}
+    for shard, (start, stop) in enumerate([(0, 8), (8, 16)]):
+        data = {n: a[start:stop] for n, a in arrays_.items()}
+        data.update({n: np.array([str(v) for v in data[n]], dtype=object) for n in ("tasks", "source_ids", "records")})
+        sums = writer.write(shard, data)
+        ours = {k: (out / k).read_bytes() for k in shard_keys(shard)}
+        assert sums == {k: hashlib.sha256(b).hexdigest() for k, b in ours.items()}
+        _write_arrays(arrays_, slice(start, stop), data)
+        assert {k: (out / k).read_bytes() for k in shard_keys(shard)} == ours
+    partial = {n: a[16:20] for n, a in arrays_.items()}
+    before = {k: (out / k).read_bytes() for k in shard_keys(2)}
+    assert writer.write(2, partial) is None  # zarr pads a partial chunk with its fill value
+    assert {k: (out / k).read_bytes() for k in shard_keys(2)} == before
+
+
+def test_direct_shard_writer_declines_layouts_it_does_not_encode(tmp_path):
+    group = zarr.open_group(str(tmp_path / "other.zarr"), mode="w", zarr_format=3)
+    group.create_array("gz", shape=(8,), chunks=(4,), dtype="uint8", compressors=zarr.codecs.GzipCodec())
+    group.create_array("zs", shape=(8, 4), chunks=(4, 4), shards=(8, 4), dtype="uint8",
+                       compressors=zarr.codecs.ZstdCodec(level=1))
+    group.create_array("split", shape=(8, 4), chunks=(4, 2), shards=(8, 4), dtype="uint8")
+    assert ShardFiles.open(tmp_path / "other.zarr", ["zs"]) is not None
+    for name in ("gz", "split"):
+        assert ShardFiles.open(tmp_path / "other.zarr", ["zs", name]) is None, name
+    assert ShardFiles.open(tmp_path / "other.zarr", ["missing"]) is None
 
 
 def test_resume_after_sigkill_matches_uninterrupted_run(images, tmp_path):

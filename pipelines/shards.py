@@ -1,0 +1,185 @@
+"""A whole shard of the cache written straight to its files, byte for byte what zarr writes.
+
+zarr's write pipeline costs about 0.11 ms per sample for a 256-sample shard (fill-value
+buffers, per-chunk coroutines, copies), against 0.03 ms for the compression itself: a sixth
+of the generation time. For the exact codecs the cache uses (``bytes``, ``vlen-utf8``,
+``zstd`` and ``sharding_indexed`` split along the sample axis only, with a ``bytes`` +
+``crc32c`` index at the end) this module encodes each array's part of a shard with the same
+numcodecs codecs zarr calls, and writes each file once. Any other layout (an array made by
+another zarr version with other codecs, a partial last shard) returns None and is written by
+zarr itself; tests compare both writers' files byte for byte.
+
+Example:
+    >>> writer = ShardFiles.open("cache.zarr", ["images", "labels"])   # doctest: +SKIP
+    >>> sums = writer.write(3, data) if writer else None               # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+Encoder = Callable[[np.ndarray], list[bytes]]  # the file's bytes, in parts (no joined copy)
+# An array's encoder and the file of shard k relative to the store.
+ArrayWriter = tuple[Encoder, Callable[[int], str], int]
+
+
+def _bytes_to_bytes(codecs: list[dict[str, Any]]) -> list[Callable[[bytes], bytes]] | None:
+    import numcodecs
+
+    out: list[Callable[[bytes], bytes]] = []
+    for codec in codecs:
+        config = codec.get("configuration", {})
+        if codec.get("name") == "zstd" and set(config) <= {"level", "checksum"}:
+            out.append(numcodecs.Zstd(level=int(config.get("level", 0)), checksum=bool(config.get("checksum"))).encode)
+        elif codec.get("name") == "crc32c" and not config:
+            out.append(_append_crc32c)
+        else:
+            return None
+    return out
+
+
+def _append_crc32c(data: bytes) -> bytes:
+    import google_crc32c
+
+    return bytes(data) + np.uint32(google_crc32c.value(bytes(data))).astype("<u4").tobytes()
+
+
+def _chain(codecs: list[dict[str, Any]], dtype: np.dtype) -> Encoder | None:
+    """The encoder of a codec list whose first codec turns arrays into bytes."""
+    if not codecs:
+        return None
+    first, config = codecs[0].get("name"), codecs[0].get("configuration", {})
+    rest = _bytes_to_bytes(codecs[1:])
+    if rest is None:
+        return None
+    if first == "bytes" and config.get("endian", "little") == "little" and dtype.kind in "biuf":
+        little = dtype.newbyteorder("<")
+
+        def to_bytes(a: np.ndarray) -> Any:
+            return np.ascontiguousarray(a, dtype=little).reshape(-1).view(np.uint8)
+    elif first == "vlen-utf8" and not config and dtype.kind == "O":
+        from numcodecs.vlen import VLenUTF8
+
+        to_bytes = VLenUTF8().encode
+    else:
+        return None
+
+    def encode(a: np.ndarray) -> list[bytes]:
+        data = to_bytes(a)
+        for step in rest:
+            data = step(data)
+        return [bytes(data)]
+
+    return encode
+
+
+def _sharded(config: dict[str, Any], shard_shape: list[int], dtype: np.dtype) -> Encoder | None:
+    """``sharding_indexed`` with chunks split along the first axis only (so zarr's Morton order
+    of the chunks is plain order) and the index at the end."""
+    chunk = config.get("chunk_shape")
+    if (set(config) - {"chunk_shape", "codecs", "index_codecs", "index_location"}
+            or config.get("index_location", "end") != "end" or not chunk or list(chunk[1:]) != shard_shape[1:]
+            or shard_shape[0] % chunk[0]):
+        return None
+    inner = _chain(config.get("codecs", []), dtype)
+    index_codecs = config.get("index_codecs", [])
+    if inner is None or not index_codecs or index_codecs[0].get("name") != "bytes":
+        return None
+    index_steps = _bytes_to_bytes(index_codecs[1:])
+    if index_steps is None or index_codecs[0].get("configuration", {}).get("endian", "little") != "little":
+        return None
+    step, count, extra = chunk[0], shard_shape[0] // chunk[0], len(shard_shape) - 1
+
+    def encode(a: np.ndarray) -> list[bytes]:
+        parts = [part for k in range(count) for part in inner(a[k * step:(k + 1) * step])]
+        sizes = np.array([len(p) for p in parts], np.uint64)
+        index = np.empty((count, *[1] * extra, 2), "<u8")
+        index[..., 1] = sizes.reshape(count, *[1] * extra)
+        index[..., 0] = (np.cumsum(sizes) - sizes).reshape(count, *[1] * extra)
+        tail = index.tobytes()
+        for step_fn in index_steps:
+            tail = bytes(step_fn(tail))
+        return [*parts, tail]
+
+    return encode
+
+
+def _array_writer(meta: dict[str, Any]) -> ArrayWriter | None:
+    """An encoder for one whole chunk (a shard) of the array described by ``meta`` (its
+    zarr.json), the key of chunk k, and the number of samples per chunk; None if unknown."""
+    grid = meta.get("chunk_grid", {})
+    keys = meta.get("chunk_key_encoding", {})
+    if (meta.get("zarr_format") != 3 or grid.get("name") != "regular" or meta.get("storage_transformers")
+            or keys.get("name") != "default" or keys.get("configuration", {}).get("separator", "/") != "/"):
+        return None
+    chunk_shape = list(grid.get("configuration", {}).get("chunk_shape", []))
+    shape = meta.get("shape", [])
+    if len(chunk_shape) != len(shape) or not chunk_shape or chunk_shape[1:] != shape[1:]:
+        return None
+    dtype = np.dtype(object) if meta.get("data_type") == "string" else np.dtype(meta.get("data_type", "V"))
+    codecs = meta.get("codecs", [])
+    if len(codecs) == 1 and codecs[0].get("name") == "sharding_indexed":
+        encoder = _sharded(codecs[0].get("configuration", {}), chunk_shape, dtype)
+    else:
+        encoder = _chain(codecs, dtype)
+    if encoder is None:
+        return None
+    tail = "/0" * (len(shape) - 1)
+    return encoder, lambda k: f"c/{k}{tail}", chunk_shape[0]
+
+
+class ShardFiles:
+    """Writes whole shards of some arrays of a zarr v3 store directly to their files.
+
+    Example:
+        >>> writer = ShardFiles.open("cache.zarr", ["images", "masks"])   # doctest: +SKIP
+        >>> writer.write(0, {"images": images, "masks": masks})           # doctest: +SKIP
+        {'images/c/0/0/0': '9f2c...', 'masks/c/0/0/0': '41d7...'}
+    """
+
+    def __init__(self, path: Path, writers: dict[str, ArrayWriter]) -> None:
+        self.path, self.writers = path, writers
+
+    @classmethod
+    def open(cls, path: str | Path, names: list[str]) -> ShardFiles | None:
+        """The writer for these arrays of the store, or None if any of them has a layout that
+        this module does not encode (zarr then writes it)."""
+        writers = {}
+        for name in names:
+            try:
+                meta = json.loads((Path(path) / name / "zarr.json").read_text())
+            except (OSError, ValueError):
+                return None
+            writer = _array_writer(meta)
+            if writer is None:
+                return None
+            writers[name] = writer
+        return cls(Path(path), writers)
+
+    def write(self, shard: int, data: dict[str, np.ndarray]) -> dict[str, str] | None:
+        """Write chunk ``shard`` of every array from ``data`` (exactly one chunk's samples
+        each); returns the sha256 of each file written, by key relative to the store. A
+        partial chunk returns None and writes nothing: zarr pads those with its fill value."""
+        if any(len(data[name]) != samples for name, (_, _, samples) in self.writers.items()):
+            return None
+        sums = {}
+        for name, (encode, key, _) in self.writers.items():
+            parts = encode(data[name])
+            relative = f"{name}/{key(shard)}"
+            target = self.path / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            digest = hashlib.sha256()
+            with open(tmp, "wb") as fh:
+                for part in parts:
+                    fh.write(part)
+                    digest.update(part)
+            os.replace(tmp, target)  # a reader sees the old file or the whole new one, as with zarr
+            sums[relative] = digest.hexdigest()
+        return sums
