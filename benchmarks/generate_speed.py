@@ -6,6 +6,9 @@
    items collated by the DataLoader and as whole batches made by the dataset (steady state: the
    second epoch of persistent workers; targets: >= 4,000 samples/s at 224 x 224; >= 3x on the fly).
 
+Each measure starts after an untimed ``os.sync()``, and each generated store is deleted right
+after it is timed, so no measure pays for the kernel's write-back (30 s later) of files that an
+earlier one wrote; a generation's own write-back to disk is in its figure only for runs over 30 s.
 Source images: axial MNI152 brain slices with their brain masks (shipped in nilearn), in a
 minimal prepared layout. Run: ``.venv/bin/python benchmarks/generate_speed.py --samples 32768 [--rounds 3]``.
 """
@@ -15,6 +18,7 @@ import argparse
 import concurrent.futures as cf
 import json
 import multiprocessing as mp
+import os
 import shutil
 import sys
 import tempfile
@@ -56,6 +60,7 @@ def synth_only(path: str, shard: int, seeds: list[int]) -> int:
 
 
 def raw(path: str, jobs: dict[int, list[int]], workers: int) -> float:
+    settle()
     t = time.perf_counter()
     if workers <= 1:
         for shard, seeds in jobs.items():
@@ -67,10 +72,17 @@ def raw(path: str, jobs: dict[int, list[int]], workers: int) -> float:
     return time.perf_counter() - t
 
 
+def settle() -> None:
+    """Flush every dirty page to disk, untimed, so that no measure pays for the kernel's
+    write-back of files an earlier measure wrote (30 s later, on these 2 cores)."""
+    os.sync()
+
+
 def gen(data: Path, out: Path, samples: int, shard: int, workers: int, size: int) -> float:
     """Seconds to generate a new store (an existing one is deleted first, untimed: it would be
     resumed)."""
     shutil.rmtree(out, ignore_errors=True)
+    settle()
     args = argparse.Namespace(data=str(data), support=None, out=str(out), samples=samples, seed=0, size=size,
                               shard_size=shard, chunk_size=64, dtype="uint8", config=None, workers=workers, dask_local=None,
                               scheduler=None, overwrite=True, no_progress=True)
@@ -107,8 +119,10 @@ def measure_generation(data: Path, tmp: Path, samples: int, shard_size: int, siz
     for _ in range(rounds):
         for workers in (1, 2):
             rates.setdefault(f"raw synthesis, {workers} process(es)", []).append(samples / raw(str(store), jobs, workers))
+            out = tmp / f"g{workers}.zarr"
             rates.setdefault(f"generate to zarr, {workers} process(es)", []).append(
-                samples / gen(data, tmp / f"g{workers}.zarr", samples, shard_size, workers, size))
+                samples / gen(data, out, samples, shard_size, workers, size))
+            shutil.rmtree(out)  # before the kernel writes it back during the next measure
     for name, values in rates.items():
         print(f"{name:38s} {np.median(values):8.0f} samples/s (rounds: {', '.join(f'{v:.0f}' for v in values)})")
     for w in (1, 2):
@@ -122,9 +136,9 @@ def measure_generation(data: Path, tmp: Path, samples: int, shard_size: int, siz
 def measure_loader(data: Path, tmp: Path, samples: int, shard_size: int, size: int) -> None:
     from pipelines.loader import CachedDataset, SynthDataset
 
-    store = tmp / "g2.zarr"
-    if not store.exists():
-        gen(data, store, samples, shard_size, 2, size)
+    store = tmp / "loader.zarr"
+    gen(data, store, samples, shard_size, 2, size)
+    settle()
     live_data = dict(data=data, samples=min(samples, 2048), seed=0, size=size)
     modes = {"items, DataLoader batch 64": {}, "batches of 64 (batch_size=None)": {"batch_size": 64},
              "batches of 64, uint8 images (as_stored)": {"batch_size": 64, "as_stored": True}}
