@@ -1,17 +1,13 @@
 """A whole shard of the cache written straight to its files, byte for byte what zarr writes.
 
-zarr's write pipeline costs about 0.11 ms per sample for a 256-sample shard (fill-value
-buffers, per-chunk coroutines, copies), against 0.03 ms for the compression itself: a sixth
-of the generation time. For the exact codecs the cache uses (``bytes``, ``vlen-utf8``,
+zarr's write of a 256-sample shard and the re-read of its files for checksums cost a median
+0.18-0.19 ms per sample (fill-value buffers, coroutines and copies per inner chunk), against
+0.09-0.10 ms here, of which compression is 0.03 (benchmarks/RESULTS.md). For the exact codecs the cache uses (``bytes``, ``vlen-utf8``,
 ``zstd`` and ``sharding_indexed`` split along the sample axis only, with a ``bytes`` +
 ``crc32c`` index at the end) this module encodes each array's part of a shard with the same
 numcodecs codecs zarr calls, and writes each file once. Any other layout (an array made by
 another zarr version with other codecs, a partial last shard) returns None and is written by
 zarr itself; tests compare both writers' files byte for byte.
-
-Example:
-    >>> writer = ShardFiles.open("cache.zarr", ["images", "labels"])   # doctest: +SKIP
-    >>> sums = writer.write(3, data) if writer else None               # doctest: +SKIP
 """
 from __future__ import annotations
 
@@ -25,7 +21,7 @@ from typing import Any
 import numpy as np
 
 Encoder = Callable[[np.ndarray], list[bytes]]  # the file's bytes, in parts (no joined copy)
-# An array's encoder and the file of shard k relative to the store.
+# An array's encoder, the file of shard k relative to the array's folder, samples per shard.
 ArrayWriter = tuple[Encoder, Callable[[int], str], int]
 
 
@@ -47,7 +43,8 @@ def _bytes_to_bytes(codecs: list[dict[str, Any]]) -> list[Callable[[bytes], byte
 def _append_crc32c(data: bytes) -> bytes:
     import google_crc32c
 
-    return bytes(data) + np.uint32(google_crc32c.value(bytes(data))).astype("<u4").tobytes()
+    data = bytes(data)
+    return data + np.uint32(google_crc32c.value(data)).astype("<u4").tobytes()
 
 
 def _chain(codecs: list[dict[str, Any]], dtype: np.dtype) -> Encoder | None:
