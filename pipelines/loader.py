@@ -170,10 +170,23 @@ def _new_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """An empty tensor to hand to the DataLoader. In a worker it lives in shared memory from the
     start, as ``default_collate`` makes its batches: sending it to the main process then costs
     no copy (a copy into shared memory was most of a batch's cost)."""
+    return _new_tensors([(shape, dtype)])[0]
+
+
+def _new_tensors(specs: list[tuple[tuple[int, ...], torch.dtype]]) -> list[torch.Tensor]:
+    """Empty tensors of these shapes and dtypes, in a worker all views of one shared-memory
+    block: the DataLoader passes one file descriptor for them, not one each (each is a socket
+    round trip to the worker's descriptor-sharing thread)."""
     if get_worker_info() is None:
-        return torch.empty(shape, dtype=dtype)
-    storage = torch.UntypedStorage._new_shared(math.prod(shape) * dtype.itemsize)
-    return torch.empty(0, dtype=dtype).set_(storage).view(shape)
+        return [torch.empty(shape, dtype=dtype) for shape, dtype in specs]
+    offsets, total = [], 0
+    for shape, dtype in specs:
+        total = -(-total // 8) * 8  # every view starts 8-byte aligned
+        offsets.append(total)
+        total += math.prod(shape) * dtype.itemsize
+    storage = torch.UntypedStorage._new_shared(max(total, 1))
+    return [torch.empty(0, dtype=dtype).set_(storage, offset // dtype.itemsize, shape)
+            for (shape, dtype), offset in zip(specs, offsets)]
 
 
 def _unit(stored: np.ndarray, as_stored: bool) -> torch.Tensor:
@@ -204,6 +217,9 @@ def _batch(parts: list[tuple[dict[str, np.ndarray], np.ndarray]], as_stored: boo
     dtype = torch.from_numpy(stored[:0]).dtype if as_stored else torch.float32
     images = _new_tensor((n, 1, *stored.shape[-2:]), dtype)
     masks = _new_tensor((n, 1, *stored.shape[-2:]), torch.bool)
+    # Labels and indices share one block: a caller who keeps them keeps only them (images and
+    # masks in that block would keep every kept batch's images alive).
+    labels, index = _new_tensors([((n,), torch.int64), ((n,), torch.int64)])
     image_rows, mask_rows = images.numpy()[:, 0], masks.numpy()[:, 0]
     scale = stored.dtype == np.uint8 and not as_stored
     k = 0
@@ -219,9 +235,11 @@ def _batch(parts: list[tuple[dict[str, np.ndarray], np.ndarray]], as_stored: boo
     def gather(key: str) -> np.ndarray:
         return np.concatenate([d[key][rows] for d, rows in parts])
 
-    return {"image": images, "gt_mask": masks, "gt_label": torch.from_numpy(gather("labels").astype(np.int64)),
+    labels.numpy()[:] = gather("labels")
+    index.numpy()[:] = gather("index")
+    return {"image": images, "gt_mask": masks, "gt_label": labels,
             "task": [str(t) for t in gather("tasks")], "source_id": [str(s) for s in gather("source_ids")],
-            "index": torch.from_numpy(gather("index").astype(np.int64))}
+            "index": index}
 
 
 def _item(d: dict[str, np.ndarray], k: int, as_stored: bool) -> dict[str, Any]:
