@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from .shards import ShardFiles
+from .shards import ShardFiles, atomic_write
 
 FORMAT = "fmclip-cache/1"
 ARRAYS_2D = ("images", "masks")
@@ -108,12 +108,7 @@ def file_checksums(path: str | Path, shard: int) -> dict[str, str | None]:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)  # readers see the old state or the whole new file, never half
+    atomic_write(path, [text.encode()], durable=True)
 
 
 def read_settings(path: str | Path) -> dict[str, Any] | None:

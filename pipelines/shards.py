@@ -2,12 +2,13 @@
 
 zarr's write of a 256-sample shard and the re-read of its files for checksums cost a median
 0.18-0.19 ms per sample (fill-value buffers, coroutines and copies per inner chunk), against
-0.09-0.10 ms here, of which compression is 0.03 (benchmarks/RESULTS.md). For the exact codecs the cache uses (``bytes``, ``vlen-utf8``,
-``zstd`` and ``sharding_indexed`` split along the sample axis only, with a ``bytes`` +
-``crc32c`` index at the end) this module encodes each array's part of a shard with the same
-numcodecs codecs zarr calls, and writes each file once. Any other layout (an array made by
-another zarr version with other codecs, a partial last shard) returns None and is written by
-zarr itself; tests compare both writers' files byte for byte.
+0.09-0.10 ms here, of which compression is 0.03 (benchmarks/RESULTS.md). For the exact codecs
+the cache uses (``bytes``, ``vlen-utf8``, ``zstd`` and ``sharding_indexed`` split along the
+sample axis only, with a ``bytes`` + ``crc32c`` index at the end) this module encodes each
+array's part of a shard with the same numcodecs codecs zarr calls, and writes each file once.
+Any other layout (an array made by another zarr version with other codecs, a partial last
+shard) returns None and is written by zarr itself; tests compare both writers' files byte for
+byte.
 """
 from __future__ import annotations
 
@@ -171,12 +172,23 @@ class ShardFiles:
             relative = f"{name}/{key(shard)}"
             target = self.path / relative
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-            digest = hashlib.sha256()
-            with open(tmp, "wb") as fh:
-                for part in parts:
-                    fh.write(part)
-                    digest.update(part)
-            os.replace(tmp, target)  # a reader sees the old file or the whole new one, as with zarr
-            sums[relative] = digest.hexdigest()
+            # no fsync, as zarr writes: only the driver's marker, written after, is fsynced
+            sums[relative] = atomic_write(target, parts, durable=False)
         return sums
+
+
+def atomic_write(path: Path, parts: list[bytes], durable: bool) -> str:
+    """Write ``parts`` to ``path`` through a temporary file renamed over it, so that readers
+    see the old file or the whole new one, never half; fsync first when ``durable``. Returns
+    the sha256 of what was written."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    digest = hashlib.sha256()
+    with open(tmp, "wb") as fh:
+        for part in parts:
+            fh.write(part)
+            digest.update(part)
+        if durable:
+            fh.flush()
+            os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return digest.hexdigest()
