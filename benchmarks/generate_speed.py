@@ -2,9 +2,10 @@
 
 1. generation to a local zarr store vs raw synthesis (same shards, same pool, no writing),
    with 1 and 2 processes (targets: >= 85 % of raw; 2 processes >= 1.8x one);
-2. the cached loader's samples/s with 2 DataLoader workers vs the on-the-fly dataset, both as
-   items collated by the DataLoader and as whole batches made by the dataset (steady state: the
-   second epoch of persistent workers; targets: >= 4,000 samples/s at 224 x 224; >= 3x on the fly).
+2. the cached loader's samples/s with 2 workers vs the on-the-fly dataset through the same
+   loader: items collated by the DataLoader, whole batches made by the dataset and moved by the
+   DataLoader, and whole batches moved by ``BatchLoader`` (steady state: the second epoch of
+   persistent workers; targets: >= 4,000 samples/s at 224 x 224; >= 3x on the fly).
 
 Each measure starts after an untimed ``os.sync()``, and each generated store is deleted right
 after it is timed, so no measure pays for the kernel's write-back (30 s later) of files that an
@@ -91,13 +92,19 @@ def gen(data: Path, out: Path, samples: int, shard: int, workers: int, size: int
     return time.perf_counter() - t
 
 
-def loader_rate(ds, workers: int) -> float:
+def loader_rate(ds, workers: int, ring: bool = False) -> float:
     """samples/s of one whole epoch, timed after a first epoch has started the (persistent)
-    workers and opened the store; a dataset with its own ``batch_size`` yields whole batches."""
+    workers and opened the store; a dataset with its own ``batch_size`` yields whole batches,
+    through torch's DataLoader or (``ring``) through ``BatchLoader``'s shared slots."""
     from torch.utils.data import DataLoader
 
-    loader = DataLoader(ds, batch_size=None if ds.batch_size else 64, num_workers=workers,
-                        multiprocessing_context="spawn", persistent_workers=True)
+    from pipelines.ring import BatchLoader
+
+    if ring:
+        loader = BatchLoader(ds, num_workers=workers)
+    else:
+        loader = DataLoader(ds, batch_size=None if ds.batch_size else 64, num_workers=workers,
+                            multiprocessing_context="spawn", persistent_workers=True)
     for _ in loader:
         pass
     t, n = time.perf_counter(), 0
@@ -140,13 +147,16 @@ def measure_loader(data: Path, tmp: Path, samples: int, shard_size: int, size: i
     gen(data, store, samples, shard_size, 2, size)
     settle()
     live_data = dict(data=data, samples=min(samples, 2048), seed=0, size=size)
-    modes = {"items, DataLoader batch 64": {}, "batches of 64 (batch_size=None)": {"batch_size": 64},
-             "batches of 64, uint8 images (as_stored)": {"batch_size": 64, "as_stored": True}}
-    for mode, kw in modes.items():
-        cached = loader_rate(CachedDataset(store, seed=0, **kw), 2)
-        live = loader_rate(SynthDataset(**live_data, **kw), 2)
-        print(f"{mode}: cached loader, 2 workers {cached:6.0f} samples/s; on the fly, 2 workers "
-              f"{live:6.0f} samples/s; ratio {cached / live:.1f}x")
+    modes = {"items, DataLoader batch 64": ({}, False),
+             "batches of 64, DataLoader(batch_size=None)": ({"batch_size": 64}, False),
+             "batches of 64, uint8 images (as_stored), DataLoader": ({"batch_size": 64, "as_stored": True}, False),
+             "batches of 64, BatchLoader": ({"batch_size": 64}, True),
+             "batches of 64, uint8 images (as_stored), BatchLoader": ({"batch_size": 64, "as_stored": True}, True)}
+    for mode, (kw, ring) in modes.items():
+        cached = loader_rate(CachedDataset(store, seed=0, **kw), 2, ring)
+        live = loader_rate(SynthDataset(**live_data, **kw), 2, ring)
+        print(f"{mode}: cached {cached:6.0f} samples/s; on the fly {live:6.0f} samples/s (2 workers each); "
+              f"ratio {cached / live:.1f}x")
 
 
 def main() -> None:

@@ -126,7 +126,7 @@ class _Split(IterableDataset):
         epoch = self._next_epoch()
         indices = self.my_indices(epoch)
         if self.batch_size is not None:
-            yield from self._batches(indices, self._rng(epoch))
+            yield from (_batch(parts, self.as_stored) for parts in self._batch_parts(indices, self._rng(epoch)))
             return
         reads = (self._read(indices[at:at + self.block]) for at in range(0, len(indices), self.block))
         items = (_item(d, k, self.as_stored) for d in reads for k in range(len(d["index"])))
@@ -144,7 +144,18 @@ class _Split(IterableDataset):
         rng.shuffle(buffer)  # type: ignore[arg-type]
         yield from buffer
 
-    def _batches(self, indices: np.ndarray, rng: np.random.Generator) -> Iterator[dict[str, Any]]:
+    def next_pass_batches(self) -> Iterator[list[tuple[dict[str, np.ndarray], np.ndarray]]]:
+        """The next pass's batches of this worker as ``(read window, its rows)`` lists, not yet
+        gathered: ``_batch`` gathers them into new tensors, ``BatchLoader`` into its ring."""
+        epoch = self._next_epoch()
+        return self._batch_parts(self.my_indices(epoch), self._rng(epoch))
+
+    def stored_layout(self) -> tuple[tuple[int, int], np.dtype]:
+        """(height, width) and dtype of the images as stored (before conversion)."""
+        raise NotImplementedError
+
+    def _batch_parts(self, indices: np.ndarray, rng: np.random.Generator
+                     ) -> Iterator[list[tuple[dict[str, np.ndarray], np.ndarray]]]:
         """Windows of ``window`` samples read together, shuffled inside and cut into batches; a
         window's remainder opens the next batch, so only this worker's last batch is short.
         Batches are gathered row by row from the windows as read (no shuffled copy)."""
@@ -160,10 +171,10 @@ class _Split(IterableDataset):
                 pending.append((d, rows[:take]))
                 rows, count = rows[take:], count + take
                 if count == size:
-                    yield _batch(pending, self.as_stored)
+                    yield pending
                     pending, count = [], 0
         if pending and not self.drop_last:
-            yield _batch(pending, self.as_stored)
+            yield pending
 
 
 def _new_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -220,26 +231,32 @@ def _batch(parts: list[tuple[dict[str, np.ndarray], np.ndarray]], as_stored: boo
     # Labels and indices share one block: a caller who keeps them keeps only them (images and
     # masks in that block would keep every kept batch's images alive).
     labels, index = _new_tensors([((n,), torch.int64), ((n,), torch.int64)])
-    image_rows, mask_rows = images.numpy()[:, 0], masks.numpy()[:, 0]
-    scale = stored.dtype == np.uint8 and not as_stored
+    names = gather_rows(parts, images.numpy()[:, 0], masks.numpy()[:, 0], labels.numpy(), index.numpy())
+    return {"image": images, "gt_mask": masks, "gt_label": labels, **names, "index": index}
+
+
+def gather_rows(parts: list[tuple[dict[str, np.ndarray], np.ndarray]], images: np.ndarray, masks: np.ndarray,
+                labels: np.ndarray, index: np.ndarray) -> dict[str, list[str]]:
+    """Write the rows of a batch into these arrays (their first ``n`` rows): images converted
+    to ``images.dtype`` (uint8 to float32 in [0, 1]), masks to bool. Returns the batch's
+    ``task`` and ``source_id`` lists."""
+    scale = parts[0][0]["images"].dtype == np.uint8 and images.dtype == np.float32
     k = 0
     for d, rows in parts:
         for r in rows.tolist():
             if scale:
-                np.divide(d["images"][r], np.float32(255.0), out=image_rows[k], dtype=np.float32)
+                np.divide(d["images"][r], np.float32(255.0), out=images[k], dtype=np.float32)
             else:
-                image_rows[k] = d["images"][r]
-            np.not_equal(d["masks"][r], 0, out=mask_rows[k])
+                images[k] = d["images"][r]
+            np.not_equal(d["masks"][r], 0, out=masks[k])
             k += 1
 
     def gather(key: str) -> np.ndarray:
         return np.concatenate([d[key][rows] for d, rows in parts])
 
-    labels.numpy()[:] = gather("labels")
-    index.numpy()[:] = gather("index")
-    return {"image": images, "gt_mask": masks, "gt_label": labels,
-            "task": [str(t) for t in gather("tasks")], "source_id": [str(s) for s in gather("source_ids")],
-            "index": index}
+    labels[:k] = gather("labels")
+    index[:k] = gather("index")
+    return {"task": [str(t) for t in gather("tasks")], "source_id": [str(s) for s in gather("source_ids")]}
 
 
 def _item(d: dict[str, np.ndarray], k: int, as_stored: bool) -> dict[str, Any]:
@@ -272,6 +289,7 @@ class CachedDataset(_Split):
         if settings is None:
             raise FileNotFoundError(f"{self.path}: not an fmclip cache")
         self.samples, self.shard_size = settings["samples"], settings["shard_size"]
+        self._size, self._dtype = int(settings["size"]), settings["dtype"]
         self._arrays: dict[str, Any] | None = None
         self._meta: dict[int, dict[str, np.ndarray]] = {}
 
@@ -289,6 +307,9 @@ class CachedDataset(_Split):
             group = zarr.open_group(self.path, mode="r")
             self._arrays = {k: group[k] for k in FIELDS}
         return self._arrays
+
+    def stored_layout(self) -> tuple[tuple[int, int], np.dtype]:
+        return (self._size, self._size), np.dtype(self._dtype)
 
     def _shard_meta(self, shard: int) -> dict[str, np.ndarray]:
         # Labels and names are small: read a whole shard's once (one chunk each) and keep the
@@ -350,6 +371,9 @@ class SynthDataset(_Split):
         state = dict(self.__dict__)
         state["_sources"], state["_config"] = None, None
         return state
+
+    def stored_layout(self) -> tuple[tuple[int, int], np.dtype]:
+        return (self.spec["size"], self.spec["size"]), np.dtype(self.dtype)
 
     def _read(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         import synth

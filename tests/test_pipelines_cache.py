@@ -290,6 +290,66 @@ def test_persistent_workers_move_one_epoch_per_pass_like_set_epoch(reference):
     assert all(sorted(p) == list(range(24)) for p in passes) and len({tuple(p) for p in passes}) == 3
 
 
+def _same_batches(got: list[dict], expected: list[dict]) -> None:
+    import torch
+
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected):
+        assert a.keys() == b.keys()
+        for key, value in b.items():
+            if isinstance(value, torch.Tensor):
+                assert a[key].dtype == value.dtype and a[key].shape == value.shape and torch.equal(a[key], value), key
+            else:
+                assert a[key] == value, key
+
+
+@pytest.mark.parametrize("as_stored", [False, True])
+def test_batch_loader_gives_the_dataloaders_batches_and_kept_batches_stay_intact(reference, as_stored):
+    import torch
+    from torch.utils.data import DataLoader
+
+    from pipelines.loader import CachedDataset
+    from pipelines.ring import BatchLoader
+
+    for rank in (0, 1):
+        ds = CachedDataset(reference, seed=3, window=4, block=4, batch_size=1 if as_stored else 5,
+                           as_stored=as_stored, rank=rank, world_size=2)
+        # the reference: the same dataset through torch's DataLoader, new shared memory per batch
+        expected = list(DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="spawn"))
+        # prefetch_factor=1: 4 slots per worker; batch_size=1 gives each worker 6 batches, so slots
+        # are reused while the earlier batches are still held here
+        got = list(BatchLoader(ds, num_workers=2, prefetch_factor=1, persistent_workers=False))
+        _same_batches(got, expected)
+        assert got[0]["image"].dtype == (torch.uint8 if as_stored else torch.float32)
+
+
+def test_batch_loader_recovers_its_slots_after_a_pass_left_early(reference):
+    from pipelines.loader import CachedDataset
+    from pipelines.ring import BatchLoader
+
+    ds = CachedDataset(reference, seed=5, window=4, block=4, batch_size=1)
+    # persistent workers, 4 slots each; a timeout turns a worker stuck waiting for a slot into an error
+    loader = BatchLoader(ds, num_workers=2, prefetch_factor=1, timeout=60)
+    for epoch in range(6):
+        ds.set_epoch(epoch)
+        for k, _ in enumerate(loader):
+            if k == 3:
+                break  # a batch in flight per worker is dropped uncopied: its slot is never released
+    ds.set_epoch(6)
+    seen = [i for batch in loader for i in batch["index"].tolist()]
+    assert sorted(seen) == list(range(24))
+    ds.set_epoch(7)
+    assert sorted(i for batch in loader for i in batch["index"].tolist()) == list(range(24))
+
+    in_process = BatchLoader(ds, num_workers=0)  # reads in this process: the dataset's own batches
+    ds.set_epoch(0)
+    got = list(in_process)
+    ds.set_epoch(0)
+    _same_batches(got, list(ds))
+    with pytest.raises(ValueError, match="batch_size"):
+        BatchLoader(CachedDataset(reference), num_workers=2)
+
+
 def test_on_the_fly_dataset_equals_the_cache(images, reference):
     import torch
 
