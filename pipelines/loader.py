@@ -10,10 +10,10 @@ one). The order is shard-aware: shards in random order, blocks of samples in ran
 inside a shard, then a shuffle window; reads are one zarr call per run of consecutive samples.
 With ``batch_size=B`` a dataset yields whole batches (what ``default_collate`` would make of B
 items), read a window at a time and converted row by row straight into the batch tensors: use
-it with ``DataLoader(ds, batch_size=None)``; it is about twice as fast as items. ``as_stored=True`` keeps the image as
-stored (uint8 0..255 or float16) so that it crosses to the main process at a quarter of the
-bytes and is converted on the GPU: ``batch["image"].cuda().float().div_(255)``. Call
-``set_epoch(e)`` each epoch, like ``DistributedSampler``.
+it with ``pipelines.ring.BatchLoader(ds)`` (fastest) or ``DataLoader(ds, batch_size=None)``;
+either is about twice as fast as items. ``as_stored=True`` keeps the image as stored (uint8
+0..255 or float16) so that it is converted on the GPU: ``batch["image"].cuda().float().div_(255)``.
+Call ``set_epoch(e)`` each epoch, like ``DistributedSampler``.
 """
 from __future__ import annotations
 
