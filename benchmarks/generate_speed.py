@@ -16,9 +16,7 @@ minimal prepared layout. Run: ``.venv/bin/python benchmarks/generate_speed.py --
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
 import json
-import multiprocessing as mp
 import os
 import shutil
 import sys
@@ -61,15 +59,12 @@ def synth_only(path: str, shard: int, seeds: list[int]) -> int:
 
 
 def raw(path: str, jobs: dict[int, list[int]], workers: int) -> float:
+    """Seconds to synthesise the shards on ``workers`` processes laid out as generation lays
+    them out (this process and ``workers - 1`` spawned ones), without writing."""
     settle()
     t = time.perf_counter()
-    if workers <= 1:
-        for shard, seeds in jobs.items():
-            synth_only(path, shard, seeds)
-    else:
-        ctx = mp.get_context("spawn")
-        with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=generate._init_worker) as pool:
-            list(pool.map(synth_only, [path] * len(jobs), list(jobs), list(jobs.values())))
+    for _ in generate._local(path, jobs, workers, task=synth_only):
+        pass
     return time.perf_counter() - t
 
 

@@ -208,26 +208,33 @@ def single_thread() -> None:
 
 def _state(path: str) -> dict[str, Any]:
     if _STATE.get("path") != path:
-        import zarr
-
         import synth
 
         from .sources import SourceSet
 
-        # write_empty_chunks: zarr's default (False) compares every chunk with the fill value
-        # before writing it, which cost 5x the compression itself (0.28 vs 0.05 ms per mask).
-        zarr.config.set({"async.concurrency": 4, "threading.max_workers": 1, "array.write_empty_chunks": True})
         settings = read_settings(path)
         if settings is None:
             raise CacheError(f"{path}: not an initialised fmclip cache")
         spec = json.loads((Path(path) / "sources.json").read_text())
-        group = zarr.open_group(path, mode="r+")
-        names = [*ARRAYS_2D, *ARRAYS_1D]
         _STATE.clear()
         _STATE.update(path=path, settings=settings, sources=SourceSet(spec),
                       config=synth.SynthesisConfig.from_dict(settings["config"]),
-                      arrays={name: group[name] for name in names}, files=ShardFiles.open(path, names))
+                      files=ShardFiles.open(path, [*ARRAYS_2D, *ARRAYS_1D]))
     return _STATE
+
+
+def _zarr_arrays(state: dict[str, Any]) -> dict[str, Any]:
+    """The store's arrays through zarr, opened on first need: only shards that ``ShardFiles``
+    does not write use them, and importing zarr costs a starting worker 0.15-0.2 s."""
+    if "arrays" not in state:
+        import zarr
+
+        # write_empty_chunks: zarr's default (False) compares every chunk with the fill value
+        # before writing it, which cost 5x the compression itself (0.28 vs 0.05 ms per mask).
+        zarr.config.set({"async.concurrency": 4, "threading.max_workers": 1, "array.write_empty_chunks": True})
+        group = zarr.open_group(state["path"], mode="r+")
+        state["arrays"] = {name: group[name] for name in [*ARRAYS_2D, *ARRAYS_1D]}
+    return state["arrays"]
 
 
 def _write_arrays(arrays: dict[str, Any], where: slice, data: dict[str, Any]) -> None:
@@ -261,6 +268,6 @@ def write_shard(path: str, shard: int, seeds: list[int]) -> dict[str, Any]:
     # of zarr's write and checksum re-read); zarr for anything else, such as a partial last shard.
     sums = state["files"].write(shard, data) if state["files"] is not None else None
     if sums is None:
-        _write_arrays(state["arrays"], slice(start, stop), data)
+        _write_arrays(_zarr_arrays(state), slice(start, stop), data)
         sums = file_checksums(path, shard)
     return {"shard": shard, "start": start, "stop": stop, "sha256": sums}

@@ -16,7 +16,8 @@ import json
 import multiprocessing as mp
 import os
 import sys
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -95,20 +96,37 @@ def _run_shard_dask(path: str, shard: int, seeds: list[int]) -> dict[str, Any]:
     return write_shard(path, shard, seeds)
 
 
-def _local(path: str, jobs: dict[int, list[int]], workers: int) -> Iterator[dict[str, Any]]:
-    if workers <= 1:  # in-process: no spawn cost, and easier to debug
-        single_thread()
-        for shard, seeds in jobs.items():
-            yield write_shard(path, shard, seeds)
+def _local(path: str, jobs: dict[int, list[int]], workers: int,
+           task: Callable[[str, int, list[int]], Any] = write_shard) -> Iterator[Any]:
+    """``task(path, shard, seeds)`` of every job on ``workers`` local processes, results as they
+    come. This process is one of them: the ``workers - 1`` spawned ones take about 1 s each to
+    start (imports, numba's cached kernels), and it makes shards meanwhile instead of waiting."""
+    single_thread()
+    todo = deque(jobs.items())
+    if workers <= 1:  # in-process only: no spawn cost, and easier to debug
+        while todo:
+            yield task(path, *todo.popleft())
         return
     ctx = mp.get_context("spawn")  # fork would copy the driver's threads and locks
-    with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
-        futures = [pool.submit(write_shard, path, shard, seeds) for shard, seeds in jobs.items()]
+    with cf.ProcessPoolExecutor(workers - 1, mp_context=ctx, initializer=_init_worker) as pool:
+        pending: set[cf.Future] = set()
         try:
-            for future in cf.as_completed(futures):
-                yield future.result()
+            while todo or pending:
+                # One queued job per spawned worker beyond the one it runs: enough to keep it busy,
+                # few enough that the last shards are shared out evenly.
+                while todo and len(pending) < 2 * (workers - 1):
+                    pending.add(pool.submit(task, path, *todo.popleft()))
+                finished = {f for f in pending if f.done()}
+                if not finished and todo:
+                    yield task(path, *todo.popleft())
+                    continue
+                if not finished:
+                    finished, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+                for future in finished:
+                    pending.discard(future)
+                    yield future.result()
         except BaseException:
-            for future in futures:
+            for future in pending:
                 future.cancel()
             raise
 
