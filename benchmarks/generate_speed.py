@@ -1,11 +1,12 @@
 """Cache generation and loading speed, measured side by side on one machine.
 
-1. generation to a local zarr store vs raw synthesis (same shards, same pool, no writing),
+1. generation to a local zarr store vs raw synthesis (same shards, same process layout, no writing),
    with 1 and 2 processes (targets: >= 85 % of raw; 2 processes >= 1.8x one);
 2. the cached loader's samples/s with 2 workers vs the on-the-fly dataset through the same
    loader: items collated by the DataLoader, whole batches made by the dataset and moved by the
    DataLoader, and whole batches moved by ``BatchLoader`` (steady state: the second epoch of
-   persistent workers; targets: >= 4,000 samples/s at 224 x 224; >= 3x on the fly).
+   persistent workers, rounds alternating cached and on the fly; targets: >= 4,000 samples/s
+   at 224 x 224; >= 3x on the fly).
 
 Each measure starts after an untimed ``os.sync()``, and each generated store is deleted right
 after it is timed, so no measure pays for the kernel's write-back (30 s later) of files that an
@@ -87,21 +88,21 @@ def gen(data: Path, out: Path, samples: int, shard: int, workers: int, size: int
     return time.perf_counter() - t
 
 
-def loader_rate(ds, workers: int, ring: bool = False) -> float:
-    """samples/s of one whole epoch, timed after a first epoch has started the (persistent)
-    workers and opened the store; a dataset with its own ``batch_size`` yields whole batches,
-    through torch's DataLoader or (``ring``) through ``BatchLoader``'s shared slots."""
+def make_loader(ds, workers: int, ring: bool):
+    """Persistent 2-worker loading of ``ds``: whole batches through torch's DataLoader or
+    (``ring``) ``BatchLoader``'s shared slots; items collated by the DataLoader otherwise."""
     from torch.utils.data import DataLoader
 
     from pipelines.ring import BatchLoader
 
     if ring:
-        loader = BatchLoader(ds, num_workers=workers)
-    else:
-        loader = DataLoader(ds, batch_size=None if ds.batch_size else 64, num_workers=workers,
-                            multiprocessing_context="spawn", persistent_workers=True)
-    for _ in loader:
-        pass
+        return BatchLoader(ds, num_workers=workers)
+    return DataLoader(ds, batch_size=None if ds.batch_size else 64, num_workers=workers,
+                      multiprocessing_context="spawn", persistent_workers=True)
+
+
+def epoch_rate(loader) -> float:
+    """samples/s of one whole epoch."""
     t, n = time.perf_counter(), 0
     for batch in loader:
         n += len(batch["index"])
@@ -135,29 +136,37 @@ def measure_generation(data: Path, tmp: Path, samples: int, shard_size: int, siz
     print(f"generate 2 / 1 processes: {np.median(scaling):.2f}x (rounds: {', '.join(f'{v:.2f}' for v in scaling)})")
 
 
-def measure_loader(data: Path, tmp: Path, samples: int, shard_size: int, size: int) -> None:
+def measure_loader(data: Path, tmp: Path, samples: int, shard_size: int, size: int, rounds: int) -> None:
+    """Per loading mode: a cached and an on-the-fly loader (persistent workers, started and
+    warmed by one untimed epoch each), then ``rounds`` rounds timing one epoch of each in
+    turn; the ratio is the median of the per-round ratios."""
     from pipelines.loader import CachedDataset, SynthDataset
 
     store = tmp / "loader.zarr"
     gen(data, store, samples, shard_size, 2, size)
     settle()
-    live_data = dict(data=data, samples=min(samples, 2048), seed=0, size=size)
+    live_data = dict(data=data, samples=min(samples, 4096), seed=0, size=size)
     modes = {"items, DataLoader batch 64": ({}, False),
              "batches of 64, DataLoader(batch_size=None)": ({"batch_size": 64}, False),
              "batches of 64, uint8 images (as_stored), DataLoader": ({"batch_size": 64, "as_stored": True}, False),
              "batches of 64, BatchLoader": ({"batch_size": 64}, True),
              "batches of 64, uint8 images (as_stored), BatchLoader": ({"batch_size": 64, "as_stored": True}, True)}
     for mode, (kw, ring) in modes.items():
-        cached = loader_rate(CachedDataset(store, seed=0, **kw), 2, ring)
-        live = loader_rate(SynthDataset(**live_data, **kw), 2, ring)
-        print(f"{mode}: cached {cached:6.0f} samples/s; on the fly {live:6.0f} samples/s (2 workers each); "
-              f"ratio {cached / live:.1f}x")
+        cached = make_loader(CachedDataset(store, seed=0, **kw), 2, ring)
+        live = make_loader(SynthDataset(**live_data, **kw), 2, ring)
+        epoch_rate(cached), epoch_rate(live)  # start the workers, open the store, warm numba
+        pairs = [(epoch_rate(cached), epoch_rate(live)) for _ in range(rounds)]
+        ratios = [c / v for c, v in pairs]
+        print(f"{mode}: cached {np.median([c for c, _ in pairs]):6.0f} samples/s, on the fly "
+              f"{np.median([v for _, v in pairs]):6.0f} (2 workers each; medians); ratio {np.median(ratios):.1f}x "
+              f"(rounds: {', '.join(f'{r:.1f}' for r in ratios)})", flush=True)
+        del cached, live  # their workers exit before the next mode starts
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--samples", type=int, default=2048, help="per measure; 32768 keeps pool start-up small")
-    p.add_argument("--rounds", type=int, default=3, help="rounds of the generation measures")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of each measure")
     p.add_argument("--shard-size", type=int, default=256, help="samples per shard (fmclip generate's default)")
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--only", choices=("generate", "loader"), default=None, help="run one part")
@@ -168,7 +177,7 @@ def main() -> None:
         if a.only != "loader":
             measure_generation(data, Path(tmp), a.samples, a.shard_size, a.size, a.rounds)
         if a.only != "generate":
-            measure_loader(data, Path(tmp), a.samples, a.shard_size, a.size)
+            measure_loader(data, Path(tmp), a.samples, a.shard_size, a.size, a.rounds)
 
 
 if __name__ == "__main__":

@@ -318,8 +318,10 @@ def test_batch_loader_gives_the_dataloaders_batches_and_kept_batches_stay_intact
         expected = list(DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="spawn"))
         # prefetch_factor=1: 4 slots per worker; batch_size=1 gives each worker 6 batches, so slots
         # are reused while the earlier batches are still held here
-        got = list(BatchLoader(ds, num_workers=2, prefetch_factor=1, persistent_workers=False))
+        loader = BatchLoader(ds, num_workers=2, prefetch_factor=1, persistent_workers=False)
+        got = list(loader)
         _same_batches(got, expected)
+        assert len(loader) == len(got)
         assert got[0]["image"].dtype == (torch.uint8 if as_stored else torch.float32)
 
 
