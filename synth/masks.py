@@ -26,7 +26,7 @@ class Lesion:
     """A rendered anomaly mask: a boolean window of the image and where it sits."""
 
     params: dict
-    mask: np.ndarray  # bool, the window
+    mask: np.ndarray | None  # bool, the window (None when rendered without its raster)
     lo: tuple[int, ...]
     hi: tuple[int, ...]
     inv: np.ndarray | None = field(default=None, repr=False)  # see ``inverse``
@@ -34,6 +34,11 @@ class Lesion:
     @functools.cached_property
     def window(self):
         return window(self.lo, self.hi)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The window's shape."""
+        return tuple([b - a for a, b in zip(self.lo, self.hi)])
 
     @property
     def inverse(self) -> np.ndarray:
@@ -140,12 +145,14 @@ def _render_perlin(params, spatial_shape):
     return mask, lo, hi
 
 
-def _render_shape(params, spatial_shape) -> Lesion:
+def _render_shape(params, spatial_shape, raster: bool) -> Lesion:
     box = params["kind"] == "rectangle"
     lo, hi = _shape_box(params, spatial_shape, box)
+    inv = inverse(params["matrix"])
+    if not raster:
+        return Lesion(params, None, lo, hi, inv)
     out = np.zeros(tuple(b - a for a, b in zip(lo, hi)), np.uint8)
     centre = params["centre"]
-    inv = inverse(params["matrix"])
     if len(spatial_shape) == 2:
         kernels.shape_2d(out, lo[0], lo[1], float(centre[0]), float(centre[1]), inv, box)
     else:
@@ -153,12 +160,13 @@ def _render_shape(params, spatial_shape) -> Lesion:
     return Lesion(params, out.view(bool), lo, hi, inv)
 
 
-def render(params: dict, spatial_shape) -> Lesion:
-    """Render mask parameters (as sampled) into a :class:`Lesion`."""
+def render(params: dict, spatial_shape, raster: bool = True) -> Lesion:
+    """Render mask parameters (as sampled) into a :class:`Lesion`; ``raster=False`` places an
+    ellipse or rectangle without rasterising it (for tasks that only need its window)."""
     if params["kind"] == "perlin":
         return Lesion(params, *_render_perlin(params, spatial_shape))
     if params["kind"] in SHAPE_KINDS:
-        return _render_shape(params, spatial_shape)
+        return _render_shape(params, spatial_shape, raster)
     raise ValueError(f"unknown mask kind {params['kind']!r}; expected one of {MASK_KINDS}")
 
 

@@ -47,6 +47,8 @@ class Task:
     # True for tasks whose outputs are interpolations of input values (warps, pastes): they
     # stay in [0, 1] without clipping
     keeps_range: ClassVar[bool] = False
+    # False for tasks that use only a shape lesion's window and geometry, never its raster
+    needs_raster: ClassVar[bool] = True
 
     def sample(self, rng: np.random.Generator, image: np.ndarray, ctx: Context) -> dict:
         count = int(rng.integers(1, ctx.config.max_anomalies + 1))
@@ -66,7 +68,8 @@ class Task:
         (saves two full-size copies per sample on large volumes)."""
         out, mask = output_buffers(image, ctx, out, mask)
         for i, lesion_params in enumerate(params["lesions"]):
-            lesion = ctx.lesions[i] if ctx.lesions else render(lesion_params["mask"], ctx.spatial_shape)
+            lesion = (ctx.lesions[i] if ctx.lesions
+                      else render(lesion_params["mask"], ctx.spatial_shape, self.needs_raster))
             touched = self.apply_lesion(out, lesion, lesion_params, ctx, mask)
             if not self.keeps_range:
                 # only the lesion's window changed, so only it needs clipping (a full-image clip

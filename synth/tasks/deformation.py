@@ -23,14 +23,14 @@ def _warp(out, lesion: Lesion, mode: int, alpha: float, k: float, stiffness: flo
     full-size mask, or an empty array) is given, set it to 1 on the pixels that moved."""
     centre = lesion.params["centre"]
     inv = lesion.inverse
-    ndim = lesion.mask.ndim
+    ndim = len(lesion.lo)
     room = _NOWHERE[ndim] if room is None else room
     moved = _NOWHERE[ndim] if moved is None else moved
     if ndim == 2:
-        kernels.radial_warp_2d(out, moved, lesion.lo[0], lesion.lo[1], *lesion.mask.shape, float(centre[0]),
+        kernels.radial_warp_2d(out, moved, lesion.lo[0], lesion.lo[1], *lesion.shape, float(centre[0]),
                                float(centre[1]), inv, mode, alpha, k, stiffness, room, ROOM_MARGIN)
     else:
-        kernels.radial_warp_3d(out, moved, lesion.lo, lesion.mask.shape, np.asarray(centre, np.float64), inv,
+        kernels.radial_warp_3d(out, moved, lesion.lo, lesion.shape, np.asarray(centre, np.float64), inv,
                                mode, alpha, k, stiffness, room, ROOM_MARGIN)
 
 
@@ -74,6 +74,7 @@ class GuidedDeformation(Task):
 
     name = "guided_deformation"
     keeps_range = True
+    needs_raster = False  # the mask marks the pixels that moved, not the ellipse
 
     def sample_masks(self, rng, count: int, ctx: Context) -> list[Lesion]:
         organ = organ_profile(ctx.config.modality)
@@ -89,7 +90,8 @@ class GuidedDeformation(Task):
             radius = uniform(rng, organ["radius"]) * side
             semi = [radius * uniform(rng, (0.75, 1.25)) for _ in range(ndim)]
             matrix = shape_matrix(semi, random_rotation(rng, ndim), identity(ndim))
-            lesions.append(render({"kind": "ellipse", "centre": centre, "matrix": matrix}, ctx.spatial_shape))
+            lesions.append(render({"kind": "ellipse", "centre": centre, "matrix": matrix}, ctx.spatial_shape,
+                                  raster=False))
         return lesions
 
     def sample_lesion(self, rng, image, lesion, ctx: Context) -> dict:
@@ -144,7 +146,7 @@ def _room(foreground: np.ndarray, lesion: Lesion, max_displacement: float) -> np
     margin = int(math.ceil(max_displacement + ROOM_MARGIN)) + 2
     # our exact transform, not OpenCV's: its results vary between processes in the last bits
     if foreground.ndim == 2:
-        room = kernels.capped_distance_2d(foreground, *lesion.lo, *lesion.mask.shape, margin)
+        room = kernels.capped_distance_2d(foreground, *lesion.lo, *lesion.shape, margin)
     else:
-        room = kernels.capped_distance_3d(foreground, lesion.lo, lesion.mask.shape, margin)
+        room = kernels.capped_distance_3d(foreground, lesion.lo, lesion.shape, margin)
     return room if room.size else None
