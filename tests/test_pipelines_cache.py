@@ -418,3 +418,24 @@ def test_unwritable_out_is_a_clear_error(images, tmp_path, capsys):
     assert gen(images, out) == 2
     err = capsys.readouterr().err
     assert str(out) in err and "not a folder" in err and "Traceback" not in err
+
+
+def test_a_cache_worker_imports_neither_torch_nor_zarr(reference, tmp_path):
+    """A spawned generate worker pays for every import before its first shard: it writes
+    whole shards through ShardFiles, so it needs neither torch nor zarr."""
+    from pipelines.cache import read_settings
+
+    store = tmp_path / "copy.zarr"
+    subprocess.run(["cp", "-r", str(reference), str(store)], check=True)
+    settings = read_settings(store)
+    code = (
+        "import sys, synth\n"
+        "from pipelines.cache import write_shard\n"
+        f"seeds = synth.spawn_seeds({settings['seed']}, {settings['samples']})[:8]\n"
+        f"write_shard({str(store)!r}, 0, seeds)\n"
+        "import pipelines\n"
+        "print(sorted(m for m in ('torch', 'zarr') if m in sys.modules), pipelines.__all__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[] ['CachedDataset', 'SynthDataset', 'BatchLoader']", out.stdout + out.stderr
+    assert_same(store, reference)  # the shard rewritten, byte for byte the same
