@@ -60,8 +60,12 @@ class _RingWorker(IterableDataset):
         ring, worker = self.ring, info.id
         free = ring.free[worker]
         # A pass that the main process abandoned (a loop left early) dropped the batches in flight
-        # without copying them: their slots are free now, so the count starts full again.
-        while free.get_value() < ring.slots:
+        # without copying them: their slots are free now, so the count starts full again (the
+        # main process releases nothing between passes). Drained and refilled, as macOS has no
+        # get_value().
+        while free.acquire(block=False):
+            pass
+        for _ in range(ring.slots):
             free.release()
         images, masks = ring.images[worker].numpy(), ring.masks[worker].numpy()
         labels, index = ring.labels[worker].numpy(), ring.index[worker].numpy()

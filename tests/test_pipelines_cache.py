@@ -365,6 +365,16 @@ def test_on_the_fly_dataset_equals_the_cache(images, reference):
         assert a["task"] == b["task"] and a["source_id"] == b["source_id"]
     assert [item["index"] for item in live] == list(range(24))
 
+    from pipelines import BatchLoader
+
+    # the same batches through BatchLoader's ring, on the fly and from the cache
+    live_batches = list(BatchLoader(SynthDataset(images, samples=24, seed=7, size=64, shuffle=False, batch_size=8),
+                                    num_workers=2, persistent_workers=False))
+    _same_batches(live_batches, list(BatchLoader(CachedDataset(reference, shuffle=False, batch_size=8),
+                                                 num_workers=2, persistent_workers=False)))
+    assert [b["index"].tolist() for b in live_batches] == [list(range(0, 8)), list(range(12, 20)),
+                                                          list(range(8, 12)), list(range(20, 24))]
+
 
 def test_prepared_dataset_with_support_uses_only_the_support_images(images, tmp_path, capsys):
     import dataprep as dp
