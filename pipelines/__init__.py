@@ -11,25 +11,13 @@ from __future__ import annotations
 
 import importlib
 
-# Names are imported on first use: the loaders import torch, which the command line's
-# generate and verify, and every cache worker they start, do without.
-_SUBMODULES: dict[str, tuple[str, ...]] = {
-    "loader": ("CachedDataset", "SynthDataset"),
-    "ring": ("BatchLoader",),
-}
-_WHERE = {name: module for module, names in _SUBMODULES.items() for name in names}
+# Names are imported on first use (PEP 562): the loaders import torch, which the command
+# line's generate and verify, and every cache worker they start, do without.
+_WHERE = {"CachedDataset": "loader", "SynthDataset": "loader", "BatchLoader": "ring"}
+__all__ = list(_WHERE)
 
 
 def __getattr__(name: str):
-    if name in _WHERE:
-        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'pipelines' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_WHERE))
-
-
-__all__ = ["CachedDataset", "SynthDataset", "BatchLoader"]
+    if name not in _WHERE:
+        raise AttributeError(f"module 'pipelines' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
