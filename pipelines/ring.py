@@ -12,8 +12,12 @@ only the slot's number and the names. The main process copies the slot into tens
 DataLoader's pinning copies each batch anyway) and frees the slot, so a batch you keep is yours.
 
 A worker may not reuse a slot before the main process has copied it out: a semaphore per worker
-counts its free slots. The ring has ``prefetch_factor * num_workers + 2`` slots per worker, more
-than a worker can have in flight, so a worker waits only if the main process is behind.
+counts its free slots. Each worker has ``prefetch_factor + 2`` slots: the batches the DataLoader
+lets it have in flight, the one the main process is copying, and the one it is writing. It
+waits only when the main process is behind (or, at an epoch's end, when the DataLoader hands
+the finished workers' share of requests to the last one). Waiting cannot deadlock: the main
+process copies each worker's batches in order, so the slots a worker waits for are freed by
+copies that come before anything the main process waits for from that worker.
 """
 from __future__ import annotations
 
@@ -106,7 +110,7 @@ class BatchLoader:
         if self.num_workers:
             hw, dtype = dataset.stored_layout()
             self._hw, self._stored = hw, dtype
-            self._ring = _Ring(self.num_workers, prefetch_factor * self.num_workers + 2, int(dataset.batch_size),
+            self._ring = _Ring(self.num_workers, prefetch_factor + 2, int(dataset.batch_size),
                                hw, dtype, mp.get_context(multiprocessing_context))
             self._loader = DataLoader(_RingWorker(dataset, self._ring), batch_size=None, num_workers=self.num_workers,
                                       prefetch_factor=prefetch_factor, persistent_workers=persistent_workers,

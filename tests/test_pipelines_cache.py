@@ -316,7 +316,7 @@ def test_batch_loader_gives_the_dataloaders_batches_and_kept_batches_stay_intact
                            as_stored=as_stored, rank=rank, world_size=2)
         # the reference: the same dataset through torch's DataLoader, new shared memory per batch
         expected = list(DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="spawn"))
-        # prefetch_factor=1: 4 slots per worker; batch_size=1 gives each worker 6 batches, so slots
+        # prefetch_factor=1: 3 slots per worker; batch_size=1 gives each worker 6 batches, so slots
         # are reused while the earlier batches are still held here
         loader = BatchLoader(ds, num_workers=2, prefetch_factor=1, persistent_workers=False)
         got = list(loader)
@@ -330,7 +330,7 @@ def test_batch_loader_recovers_its_slots_after_a_pass_left_early(reference):
     from pipelines.ring import BatchLoader
 
     ds = CachedDataset(reference, seed=5, window=4, block=4, batch_size=1)
-    # persistent workers, 4 slots each; a timeout turns a worker stuck waiting for a slot into an error
+    # persistent workers, 3 slots each; a timeout turns a worker stuck waiting for a slot into an error
     loader = BatchLoader(ds, num_workers=2, prefetch_factor=1, timeout=60)
     for epoch in range(6):
         ds.set_epoch(epoch)
