@@ -109,7 +109,7 @@ class BatchLoader:
         self._loader: DataLoader | None = None
         if self.num_workers:
             hw, dtype = dataset.stored_layout()
-            self._hw, self._stored = hw, dtype
+            self._hw = hw
             self._ring = _Ring(self.num_workers, prefetch_factor + 2, int(dataset.batch_size),
                                hw, dtype, mp.get_context(multiprocessing_context))
             self._loader = DataLoader(_RingWorker(dataset, self._ring), batch_size=None, num_workers=self.num_workers,
@@ -130,12 +130,13 @@ class BatchLoader:
             return
         ring = self._ring
         for worker, slot, n, names in self._loader:
-            images, masks = ring.images[worker, slot, :n], ring.masks[worker, slot, :n]
-            out = self._copy_out(images, masks)
-            labels = ring.labels[worker, slot, :n].clone()
-            index = ring.index[worker, slot, :n].clone()
-            ring.free[worker].release()
-            yield {"image": out[0], "gt_mask": out[1], "gt_label": labels, **names, "index": index}
+            try:
+                image, mask = self._copy_out(ring.images[worker, slot, :n], ring.masks[worker, slot, :n])
+                labels = ring.labels[worker, slot, :n].clone()
+                index = ring.index[worker, slot, :n].clone()
+            finally:  # a failed copy must not leave the worker waiting for this slot
+                ring.free[worker].release()
+            yield {"image": image, "gt_mask": mask, "gt_label": labels, **names, "index": index}
 
     def _copy_out(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The slot's images (as the dataset's ``as_stored`` asks) and masks, in new tensors with
