@@ -89,7 +89,7 @@ def gen(data: Path, out: Path, samples: int, shard: int, workers: int, size: int
 
 
 def make_loader(ds, workers: int, ring: bool):
-    """Persistent 2-worker loading of ``ds``: whole batches through torch's DataLoader or
+    """Loading ``ds`` with ``workers`` persistent workers: whole batches through torch's DataLoader or
     (``ring``) ``BatchLoader``'s shared slots; items collated by the DataLoader otherwise."""
     from torch.utils.data import DataLoader
 

