@@ -1,5 +1,5 @@
 """The zarr cache: deterministic generation across worker counts and backends, resume after
-SIGKILL, verify naming a damaged shard, exactly-once loading, clear input errors."""
+SIGKILL, verify naming a damaged shard, clear input errors. Loading: test_pipelines_loader.py."""
 from __future__ import annotations
 
 import hashlib
@@ -9,57 +9,15 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import zarr
+from cache_helpers import ROOT, arrays, assert_same, gen
 
 from pipelines import cli
 from pipelines.cache import ARRAYS_1D, _write_arrays, file_checksums, mark_done, shard_keys
 from pipelines.shards import ShardFiles
-
-ROOT = Path(__file__).resolve().parents[1]
-ARRAYS = ("images", "masks", *ARRAYS_1D)
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory) -> Path:
-    """Six small grey normal images of different textures, one of them colour (converted to grey)."""
-    folder = tmp_path_factory.mktemp("normals")
-    yy, xx = np.mgrid[:80, :80]
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        img = 0.45 + 0.3 * np.sin(xx / (4 + i)) * np.cos(yy / (6 + i)) + 0.05 * rng.random((80, 80))
-        pixels = (img.clip(0, 1) * 255).astype(np.uint8)
-        if i == 5:
-            pixels = np.stack([pixels, pixels, pixels], -1)
-        cv2.imwrite(str(folder / f"normal_{i}.png"), pixels)
-    return folder
-
-
-def gen(data: Path, out: Path, *extra: str, samples: int = 24, seed: int = 7) -> int:
-    return cli.main(["generate", "--data", str(data), "--out", str(out), "--samples", str(samples),
-                     "--seed", str(seed), "--size", "64", "--shard-size", "8", "--chunk-size", "4", "--no-progress", *extra])
-
-
-def arrays(path: Path) -> dict[str, np.ndarray]:
-    group = zarr.open_group(str(path), mode="r")
-    return {name: group[name][:] for name in ARRAYS}
-
-
-def assert_same(a: Path, b: Path) -> None:
-    x, y = arrays(a), arrays(b)
-    for name in ARRAYS:
-        assert np.array_equal(x[name], y[name]), name
-
-
-@pytest.fixture(scope="module")
-def reference(images, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("ref") / "one.zarr"
-    assert gen(images, out, "--workers", "1") == 0
-    return out
 
 
 def test_store_layout_and_contents(reference):
@@ -196,184 +154,6 @@ def test_verify_regenerates_and_catches_a_changed_sample(reference, tmp_path, ca
     assert cli.main(["verify", str(bad), "--replay", "24"]) == 1
     out = capsys.readouterr().out
     assert "sample 19 (shard 2)" in out and "sample 18" not in out
-
-
-def test_loader_two_workers_two_ranks_every_sample_once(reference):
-    import torch
-    from torch.utils.data import DataLoader
-
-    from pipelines.loader import CachedDataset
-
-    stored = arrays(reference)
-    epochs: list[list[int]] = []
-    for epoch in (0, 1):
-        seen: list[int] = []
-        for rank in (0, 1):
-            ds = CachedDataset(reference, seed=1, window=4, block=4, rank=rank, world_size=2)
-            assert len(ds) == 12
-            ds.set_epoch(epoch)
-            loader = DataLoader(ds, batch_size=5, num_workers=2, multiprocessing_context="spawn")
-            got = []
-            for batch in loader:
-                assert batch["image"].dtype == torch.float32 and batch["image"].shape[1:] == (1, 64, 64)
-                for k, i in enumerate(batch["index"].tolist()):
-                    assert torch.equal(batch["image"][k, 0], torch.from_numpy(stored["images"][i]).float() / 255)
-                    assert torch.equal(batch["gt_mask"][k, 0], torch.from_numpy(stored["masks"][i]).bool())
-                    assert batch["gt_label"][k].item() == stored["labels"][i]
-                    assert batch["task"][k] == stored["tasks"][i]
-                    assert batch["source_id"][k] == stored["source_ids"][i]
-                got += batch["index"].tolist()
-            assert len(got) == 12
-            seen += got
-        assert sorted(seen) == list(range(24))  # both ranks, both workers each: every sample exactly once
-        epochs.append(seen)
-    assert epochs[0] != epochs[1]  # reshuffled between epochs
-
-
-def test_batched_loader_equals_collated_items_and_covers_every_sample_once(reference):
-    import torch
-    from torch.utils.data import DataLoader, default_collate
-
-    from pipelines.loader import CachedDataset
-
-    stored = arrays(reference)
-    seen: list[int] = []
-    for rank in (0, 1):
-        ds = CachedDataset(reference, seed=3, window=8, block=4, batch_size=5, rank=rank, world_size=2)
-        loader = DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="spawn")
-        sizes = []
-        for batch in loader:
-            # the reference: torch's own collation of the same samples read one by one
-            expected = default_collate([ds[i] for i in batch["index"].tolist()])
-            assert batch.keys() == expected.keys()
-            for key, value in expected.items():
-                if isinstance(value, torch.Tensor):
-                    assert batch[key].dtype == value.dtype and torch.equal(batch[key], value), key
-                else:
-                    assert batch[key] == value, key
-            sizes.append(len(batch["index"]))
-            seen += batch["index"].tolist()
-        assert sorted(sizes) == [1, 1, 5, 5]  # 6 samples per worker: one full batch and the remainder each
-    assert sorted(seen) == list(range(24))
-    assert seen != sorted(seen)  # shuffled
-    for i in (0, 13):
-        assert torch.equal(CachedDataset(reference)[i]["image"][0], torch.from_numpy(stored["images"][i]).float() / 255)
-
-    unshuffled = CachedDataset(reference, shuffle=False, batch_size=7, drop_last=True)
-    batches = list(unshuffled)
-    assert [b["index"].tolist() for b in batches] == [list(range(k, k + 7)) for k in (0, 7, 14)]
-
-    (whole,) = list(CachedDataset(reference, shuffle=False, batch_size=24, as_stored=True))
-    assert whole["image"].dtype == torch.uint8 and torch.equal(whole["image"][:, 0], torch.from_numpy(stored["images"]))
-
-
-def test_persistent_workers_move_one_epoch_per_pass_like_set_epoch(reference):
-    from torch.utils.data import DataLoader
-
-    from pipelines.loader import CachedDataset
-
-    def order(loader) -> list[int]:
-        return [i for batch in loader for i in batch["index"].tolist()]
-
-    ds = CachedDataset(reference, seed=5, window=8, block=4, batch_size=4)
-    persistent = DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="spawn",
-                            persistent_workers=True)
-    passes = []
-    for epoch in (0, 1, 2):
-        ds.set_epoch(epoch)  # the workers' copies do not see this; they count passes instead
-        passes.append(order(persistent))
-    fresh = []
-    for epoch in (0, 1, 2):
-        ds.set_epoch(epoch)
-        fresh.append(order(DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="spawn")))
-    assert passes == fresh
-    assert all(sorted(p) == list(range(24)) for p in passes) and len({tuple(p) for p in passes}) == 3
-
-
-def _same_batches(got: list[dict], expected: list[dict]) -> None:
-    import torch
-
-    assert len(got) == len(expected)
-    for a, b in zip(got, expected):
-        assert a.keys() == b.keys()
-        for key, value in b.items():
-            if isinstance(value, torch.Tensor):
-                assert a[key].dtype == value.dtype and a[key].shape == value.shape and torch.equal(a[key], value), key
-            else:
-                assert a[key] == value, key
-
-
-@pytest.mark.parametrize("as_stored", [False, True])
-def test_batch_loader_gives_the_dataloaders_batches_and_kept_batches_stay_intact(reference, as_stored):
-    import torch
-    from torch.utils.data import DataLoader
-
-    from pipelines.loader import CachedDataset
-    from pipelines.ring import BatchLoader
-
-    for rank in (0, 1):
-        ds = CachedDataset(reference, seed=3, window=4, block=4, batch_size=1 if as_stored else 5,
-                           as_stored=as_stored, rank=rank, world_size=2)
-        # the reference: the same dataset through torch's DataLoader, new shared memory per batch
-        expected = list(DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="spawn"))
-        # prefetch_factor=1: 3 slots per worker; batch_size=1 gives each worker 6 batches, so slots
-        # are reused while the earlier batches are still held here
-        loader = BatchLoader(ds, num_workers=2, prefetch_factor=1, persistent_workers=False)
-        got = list(loader)
-        _same_batches(got, expected)
-        assert len(loader) == len(got)
-        assert got[0]["image"].dtype == (torch.uint8 if as_stored else torch.float32)
-
-
-def test_batch_loader_recovers_its_slots_after_a_pass_left_early(reference):
-    from pipelines.loader import CachedDataset
-    from pipelines.ring import BatchLoader
-
-    ds = CachedDataset(reference, seed=5, window=4, block=4, batch_size=1)
-    # persistent workers, 3 slots each; a timeout turns a worker stuck waiting for a slot into an error
-    loader = BatchLoader(ds, num_workers=2, prefetch_factor=1, timeout=60)
-    for epoch in range(6):
-        ds.set_epoch(epoch)
-        for k, _ in enumerate(loader):
-            if k == 3:
-                break  # a batch in flight per worker is dropped uncopied: its slot is never released
-    ds.set_epoch(6)
-    seen = [i for batch in loader for i in batch["index"].tolist()]
-    assert sorted(seen) == list(range(24))
-    ds.set_epoch(7)
-    assert sorted(i for batch in loader for i in batch["index"].tolist()) == list(range(24))
-
-    in_process = BatchLoader(ds, num_workers=0)  # reads in this process: the dataset's own batches
-    ds.set_epoch(0)
-    got = list(in_process)
-    ds.set_epoch(0)
-    _same_batches(got, list(ds))
-    with pytest.raises(ValueError, match="batch_size"):
-        BatchLoader(CachedDataset(reference), num_workers=2)
-
-
-def test_on_the_fly_dataset_equals_the_cache(images, reference):
-    import torch
-
-    from pipelines.loader import CachedDataset, SynthDataset
-
-    cached = CachedDataset(reference)
-    live = SynthDataset(images, samples=24, seed=7, size=64, shuffle=False)
-    for i in (0, 9, 23):
-        a, b = cached[i], live[i]
-        assert torch.equal(a["image"], b["image"]) and torch.equal(a["gt_mask"], b["gt_mask"])
-        assert a["task"] == b["task"] and a["source_id"] == b["source_id"]
-    assert [item["index"] for item in live] == list(range(24))
-
-    from pipelines import BatchLoader
-
-    # the same batches through BatchLoader's ring, on the fly and from the cache
-    live_batches = list(BatchLoader(SynthDataset(images, samples=24, seed=7, size=64, shuffle=False, batch_size=8),
-                                    num_workers=2, persistent_workers=False))
-    _same_batches(live_batches, list(BatchLoader(CachedDataset(reference, shuffle=False, batch_size=8),
-                                                 num_workers=2, persistent_workers=False)))
-    assert [b["index"].tolist() for b in live_batches] == [list(range(0, 8)), list(range(12, 20)),
-                                                          list(range(8, 12)), list(range(20, 24))]
 
 
 def test_prepared_dataset_with_support_uses_only_the_support_images(images, tmp_path, capsys):
