@@ -9,7 +9,7 @@ Layout of ``CACHE.zarr`` (a zarr v3 group, N samples, shard size S, image side H
     source_index(N,) int32                     chunks (S,)
     tasks, source_ids, records (N,) str        chunks (S,)   records: the synth record as JSON
     sources.json   the source images (ids, paths) the samples were made from
-    _done/000007.json  shard 7 is finished: its sample range and the sha256 of each of its files
+    _done/000007.json  shard 7 is finished: its sample range and the crc32c of each of its files
 
 Group attribute ``fmclip`` holds the settings (engine version, resolved config, seed, sizes,
 dataset identity). C (default 64, the loader's block) samples per chunk: zarr's cost per
@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from .shards import ShardFiles, atomic_write
+from .shards import ShardFiles, atomic_write, crc32c
 
 FORMAT = "fmclip-cache/1"
 ARRAYS_2D = ("images", "masks")
@@ -97,13 +97,19 @@ def shard_keys(shard: int) -> list[str]:
     return [f"{name}/c/{shard}/0/0" for name in ARRAYS_2D] + [f"{name}/c/{shard}" for name in ARRAYS_1D]
 
 
-def file_checksums(path: str | Path, shard: int) -> dict[str, str | None]:
-    """sha256 of each file of the shard; None where zarr wrote none (an all-fill chunk, from a
-    store written before empty chunks were written too)."""
+# File checksums by the name markers record them under: crc32c since generation computes it
+# as it writes; sha256 in markers of stores written before.
+CHECKSUMS = {"crc32c": lambda data: crc32c([data]), "sha256": lambda data: hashlib.sha256(data).hexdigest()}
+
+
+def file_checksums(path: str | Path, shard: int, algorithm: str = "crc32c") -> dict[str, str | None]:
+    """The checksum of each file of the shard; None where zarr wrote none (an all-fill chunk,
+    from a store written before empty chunks were written too)."""
+    digest = CHECKSUMS[algorithm]
     sums: dict[str, str | None] = {}
     for key in shard_keys(shard):
         f = Path(path) / key
-        sums[key] = hashlib.sha256(f.read_bytes()).hexdigest() if f.is_file() else None
+        sums[key] = digest(f.read_bytes()) if f.is_file() else None
     return sums
 
 
@@ -183,7 +189,7 @@ def finished_shards(path: str | Path) -> set[int]:
 
 def mark_done(path: str | Path, shard: int, start: int, stop: int, sums: dict[str, str | None]) -> None:
     marker = Path(path) / DONE / f"{shard:06d}.json"
-    atomic_write_text(marker, json.dumps({"shard": shard, "start": start, "stop": stop, "sha256": sums}))
+    atomic_write_text(marker, json.dumps({"shard": shard, "start": start, "stop": stop, "crc32c": sums}))
 
 
 def read_marker(path: str | Path, shard: int) -> dict[str, Any] | None:
@@ -270,4 +276,4 @@ def write_shard(path: str, shard: int, seeds: list[int]) -> dict[str, Any]:
     if sums is None:
         _write_arrays(_zarr_arrays(state), slice(start, stop), data)
         sums = file_checksums(path, shard)
-    return {"shard": shard, "start": start, "stop": stop, "sha256": sums}
+    return {"shard": shard, "start": start, "stop": stop, "crc32c": sums}

@@ -203,7 +203,7 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
                 # Each shard is written by exactly one task of this run.
                 assert shard in jobs and shard not in written, f"shard {shard} written twice"
                 written.add(shard)
-                mark_done(out, shard, result["start"], result["stop"], result["sha256"])
+                mark_done(out, shard, result["start"], result["stop"], result["crc32c"])
                 bar.update(result["stop"] - result["start"])
     return {"out": str(out), "samples": args.samples, "shards": total, "written": len(written),
             "skipped": len(done)}

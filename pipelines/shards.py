@@ -12,7 +12,6 @@ byte.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -162,7 +161,7 @@ class ShardFiles:
 
     def write(self, shard: int, data: dict[str, np.ndarray]) -> dict[str, str] | None:
         """Write chunk ``shard`` of every array from ``data`` (exactly one chunk's samples
-        each); returns the sha256 of each file written, by key relative to the store. A
+        each); returns the crc32c of each file written, by key relative to the store. A
         partial chunk returns None and writes nothing: zarr pads those with its fill value."""
         if any(len(data[name]) != samples for name, (_, _, samples) in self.writers.items()):
             return None
@@ -177,18 +176,27 @@ class ShardFiles:
         return sums
 
 
+def crc32c(parts: list[bytes]) -> str:
+    """The CRC-32C of the concatenated ``parts`` as 8 hex digits: the cache's file checksum (the
+    check zarr's shard index uses; 10x faster than sha256, which cost 1 % of generation)."""
+    import google_crc32c
+
+    value = 0
+    for part in parts:
+        value = google_crc32c.extend(value, part)
+    return f"{value:08x}"
+
+
 def atomic_write(path: Path, parts: list[bytes], durable: bool) -> str:
     """Write ``parts`` to ``path`` through a temporary file renamed over it, so that readers
     see the old file or the whole new one, never half; fsync first when ``durable``. Returns
-    the sha256 of what was written."""
+    the crc32c of what was written."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    digest = hashlib.sha256()
     with open(tmp, "wb") as fh:
         for part in parts:
             fh.write(part)
-            digest.update(part)
         if durable:
             fh.flush()
             os.fsync(fh.fileno())
     os.replace(tmp, path)
-    return digest.hexdigest()
+    return crc32c(parts)

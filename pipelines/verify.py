@@ -1,7 +1,8 @@
 """``fmclip verify CACHE.zarr``: check a cache made by ``fmclip generate``.
 
 1. completeness: every shard has its ``_done`` marker, with the right sample range;
-2. integrity: each shard's files still have the sha256 recorded when the shard was finished;
+2. integrity: each shard's files still have the checksums recorded when the shard was finished
+   (crc32c; sha256 in stores written before);
 3. reproducibility: a random subset of samples is regenerated from their records
    (``synth.replay``) and compared byte for byte with what is stored.
 
@@ -18,7 +19,16 @@ from typing import Any
 
 import numpy as np
 
-from .cache import file_checksums, n_shards, quantize, read_marker, read_settings, shard_range
+from .cache import (
+    CHECKSUMS,
+    DONE,
+    file_checksums,
+    n_shards,
+    quantize,
+    read_marker,
+    read_settings,
+    shard_range,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,8 +49,12 @@ def check_shards(path: Path, settings: dict[str, Any]) -> list[str]:
         if (marker["start"], marker["stop"]) != (start, stop):
             problems.append(f"shard {shard}: marker covers {marker['start']}-{marker['stop'] - 1}, "
                             f"expected {start}-{stop - 1}")
-        actual = file_checksums(path, shard)
-        bad = [key for key, digest in marker["sha256"].items() if actual.get(key) != digest]
+        algorithm = next((name for name in CHECKSUMS if name in marker), None)
+        if algorithm is None:
+            problems.append(f"shard {shard}: marker has no checksums ({path / DONE / f'{shard:06d}.json'})")
+            continue
+        actual = file_checksums(path, shard, algorithm)
+        bad = [key for key, digest in marker[algorithm].items() if actual.get(key) != digest]
         if bad:
             problems.append(f"shard {shard} (samples {start}-{stop - 1}): damaged, checksum mismatch in "
                             + ", ".join(bad))

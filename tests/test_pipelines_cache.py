@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import google_crc32c
 import numpy as np
 import pytest
 import zarr
@@ -17,7 +18,7 @@ from cache_helpers import ROOT, arrays, assert_same, gen
 
 from pipelines import cli
 from pipelines.cache import ARRAYS_1D, _write_arrays, file_checksums, mark_done, shard_keys
-from pipelines.shards import ShardFiles
+from pipelines.shards import ShardFiles, crc32c
 
 
 def test_store_layout_and_contents(reference):
@@ -65,7 +66,7 @@ def test_direct_shard_writer_writes_the_bytes_zarr_writes(images, tmp_path, dtyp
         data.update({n: np.array([str(v) for v in data[n]], dtype=object) for n in ("tasks", "source_ids", "records")})
         sums = writer.write(shard, data)
         ours = {k: (out / k).read_bytes() for k in shard_keys(shard)}
-        assert sums == {k: hashlib.sha256(b).hexdigest() for k, b in ours.items()}
+        assert sums == {k: f"{google_crc32c.value(b):08x}" for k, b in ours.items()}
         _write_arrays(arrays_, slice(start, stop), data)
         assert {k: (out / k).read_bytes() for k in shard_keys(shard)} == ours
     partial = {n: a[16:20] for n, a in arrays_.items()}
@@ -141,6 +142,26 @@ def test_verify_passes_then_names_the_corrupted_shard(reference, tmp_path, capsy
     out = capsys.readouterr().out
     assert "shard 1 " in out and "images/c/1/0/0" in out
     assert "shard 0" not in out and "shard 2" not in out
+
+
+def test_crc32c_is_the_standard_check_value():
+    assert crc32c([b"1234", b"56789"]) == "e3069283"  # CRC-32C (Castagnoli) of "123456789"
+
+
+def test_verify_reads_sha256_markers_of_older_stores(reference, tmp_path, capsys):
+    old = tmp_path / "old.zarr"
+    subprocess.run(["cp", "-r", str(reference), str(old)], check=True)
+    for shard in (0, 1):
+        marker = old / "_done" / f"{shard:06d}.json"
+        record = json.loads(marker.read_text())
+        del record["crc32c"]
+        record["sha256"] = {k: hashlib.sha256((old / k).read_bytes()).hexdigest() for k in shard_keys(shard)}
+        marker.write_text(json.dumps(record))
+    assert cli.main(["verify", str(old), "--replay", "0"]) == 0
+    (old / "masks" / "c" / "1" / "0" / "0").write_bytes(b"\0")
+    assert cli.main(["verify", str(old), "--replay", "0"]) == 1
+    out = capsys.readouterr().out
+    assert "shard 1 " in out and "masks/c/1/0/0" in out and "shard 0 " not in out
 
 
 def test_verify_regenerates_and_catches_a_changed_sample(reference, tmp_path, capsys):
