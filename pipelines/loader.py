@@ -388,7 +388,8 @@ class SynthDataset(_Split):
         if self._sources is None:
             self._sources = SourceSet(self.spec)
             self._config = synth.SynthesisConfig.from_dict(json.loads(self.config))
-        made = make_samples(self._sources, self._config, [int(self.seeds[i]) for i in indices], self.dtype)
+        made = make_samples(self._sources, self._config, [int(self.seeds[i]) for i in indices], self.dtype,
+                            records=False)
         out = {k: made[k] for k in FIELDS}
         out["index"] = np.asarray(indices, dtype=np.int64)
         return out

@@ -17,7 +17,8 @@ import zarr
 from cache_helpers import ROOT, arrays, assert_same, gen
 
 from pipelines import cli
-from pipelines.cache import ARRAYS_1D, _write_arrays, file_checksums, mark_done, shard_keys
+from pipelines.cache import ARRAYS_1D, _write_arrays, file_checksums, mark_done, quantize, shard_keys
+from pipelines.kernels import binarize_into
 from pipelines.shards import ShardFiles, crc32c
 
 
@@ -142,6 +143,23 @@ def test_verify_passes_then_names_the_corrupted_shard(reference, tmp_path, capsy
     out = capsys.readouterr().out
     assert "shard 1 " in out and "images/c/1/0/0" in out
     assert "shard 0" not in out and "shard 2" not in out
+
+
+def test_stored_form_kernels_equal_numpy():
+    rng = np.random.default_rng(0)
+    image = rng.random((224, 224), dtype=np.float32)
+    image[0, :6] = np.array([0.5, 1.5, 2.5, 253.5, 254.5, 255.0], np.float32) / np.float32(255)  # halfway cases
+    reference = np.rint(image * np.float32(255)).astype(np.uint8)
+    assert np.array_equal(quantize(image, "uint8"), reference)
+    out = np.full((3, 224, 224), 7, np.uint8)
+    quantize(image.astype(np.float64), "uint8", out=out[1])  # into a row, from another float type
+    assert np.array_equal(out[1], reference) and (out[[0, 2]] == 7).all()
+    assert quantize(np.array([-0.2, 1.3], np.float32), "uint8").tolist() == [0, 255]  # clipped, not wrapped
+    assert np.array_equal(quantize(image, "float16"), image.astype(np.float16))
+    for density in (0.0, 0.01):
+        mask = (rng.random((224, 224)) < density).astype(np.float32)
+        row = np.empty((224, 224), np.uint8)
+        assert binarize_into(mask, row) == bool(density) and np.array_equal(row, mask > 0.5)
 
 
 def test_crc32c_is_the_standard_check_value():

@@ -1,4 +1,5 @@
 """The public face: layouts, types, seeds, replay, batches and bad input."""
+import json
 import subprocess
 import sys
 import textwrap
@@ -121,6 +122,9 @@ def test_record_round_trips_and_is_read_only():
     image = smooth_image((40, 40))
     record = synth.synthesize(image, rng=3, task="pathology_texture").record
     assert synth.SynthesisRecord.from_json(record.to_json()) == record
+    for task in synth.TASKS:  # the encoder reads the frozen params: same text as the plain dict's
+        rec = synth.synthesize(smooth_image((48, 48)), rng=5, task=task, foreground=disc_foreground((48, 48))).record
+        assert rec.to_json() == json.dumps(rec.to_dict(), separators=(",", ":"), sort_keys=True)
     with pytest.raises(TypeError):
         record.params["lesions"][0]["beta"] = 0.5
 
