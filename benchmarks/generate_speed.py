@@ -1,7 +1,10 @@
 """Cache generation and loading speed, measured side by side on one machine.
 
-1. generation to a local zarr store vs raw synthesis (same shards, same process layout, no writing),
-   with 1 and 2 processes (targets: >= 85 % of raw; 2 processes >= 1.8x one);
+1. generation to a local zarr store vs raw synthesis (source draw, source image and
+   ``synth.synthesize`` per sample, outputs dropped), same shards, same process layout, with 1
+   and 2 processes (targets: >= 85 % of raw; 2 processes >= 1.8x one); also the stored form
+   without writing (uint8 images, binary masks, labels, record JSON), so the cost of the
+   conversion and that of compressing and writing are seen apart;
 2. the cached loader's samples/s with 2 workers vs the on-the-fly dataset through the same
    loader: items collated by the DataLoader, whole batches made by the dataset and moved by the
    DataLoader, and whole batches moved by ``BatchLoader`` (steady state: the second epoch of
@@ -12,7 +15,7 @@ Each measure starts after an untimed ``os.sync()``, and each generated store is 
 after it is timed, so no measure pays for the kernel's write-back (30 s later) of files that an
 earlier one wrote; a generation's own write-back to disk is in its figure only for runs over 30 s.
 Source images: axial MNI152 brain slices with their brain masks (shipped in nilearn), in a
-minimal prepared layout. Run: ``.venv/bin/python benchmarks/generate_speed.py --samples 32768 [--rounds 3]``.
+minimal prepared layout. Run: ``.venv/bin/python benchmarks/generate_speed.py --samples 32768 [--rounds 5]``.
 """
 from __future__ import annotations
 
@@ -52,19 +55,35 @@ def brain_dataset(folder: Path, size: int, count: int = 12) -> Path:
     return folder
 
 
-def synth_only(path: str, shard: int, seeds: list[int]) -> int:
-    """The generation task without the store write and checksums."""
+def synthesis_only(path: str, shard: int, seeds: list[int]) -> int:
+    """Raw synthesis: each sample's source draw, source image and ``synth.synthesize``; the
+    outputs are dropped (no stored form, no record JSON, no writing)."""
+    import synth
+    from pipelines.sources import source_index
+
     state = cache._state(path)
-    cache.make_samples(state["sources"], state["config"], seeds, state["settings"]["dtype"])
+    sources, config = state["sources"], state["config"]
+    for seed, src in [(seed, source_index(seed, len(sources))) for seed in seeds]:
+        image, fg = sources.read(src)
+        synth.synthesize(image, rng=int(seed), foreground=fg, config=config, source_id=sources.source_id(src))
     return len(seeds)
 
 
-def raw(path: str, jobs: dict[int, list[int]], workers: int) -> float:
-    """Seconds to synthesise the shards on ``workers`` processes laid out as generation lays
-    them out (this process and ``workers - 1`` spawned ones), without writing."""
+def stored_form(path: str, shard: int, seeds: list[int]) -> int:
+    """Generation's task up to the write: the samples in stored form (uint8 images, binary
+    masks, labels, record JSON), then dropped: what the on-the-fly dataset does, plus JSON."""
+    state = cache._state(path)
+    cache.make_samples(state["sources"], state["config"], seeds, state["settings"]["dtype"],
+                       reuse=cache._BUFFERS.__dict__)  # as write_shard does
+    return len(seeds)
+
+
+def raw(path: str, jobs: dict[int, list[int]], workers: int, task=synthesis_only) -> float:
+    """Seconds to run ``task`` on the shards on ``workers`` processes laid out as generation
+    lays them out (this process and ``workers - 1`` spawned ones), without writing."""
     settle()
     t = time.perf_counter()
-    for _ in generate._local(path, jobs, workers, task=synth_only):
+    for _ in generate._local(path, jobs, workers, task=task):
         pass
     return time.perf_counter() - t
 
@@ -110,8 +129,9 @@ def epoch_rate(loader) -> float:
 
 
 def measure_generation(data: Path, tmp: Path, samples: int, shard_size: int, size: int, rounds: int) -> None:
-    """Rounds alternate raw synthesis and generation so that a slow spell of this shared
-    machine hits both sides; ratios are medians of the per-round ratios."""
+    """Rounds alternate raw synthesis, the stored form without writing, and generation, so
+    that a slow spell of this shared machine hits all of them; ratios are medians of the
+    per-round ratios."""
     import synth
 
     store = tmp / "c.zarr"
@@ -121,19 +141,25 @@ def measure_generation(data: Path, tmp: Path, samples: int, shard_size: int, siz
     rates: dict[str, list[float]] = {}
     for _ in range(rounds):
         for workers in (1, 2):
-            rates.setdefault(f"raw synthesis, {workers} process(es)", []).append(samples / raw(str(store), jobs, workers))
+            rates.setdefault(f"raw synthesis, {workers}p", []).append(samples / raw(str(store), jobs, workers))
+            rates.setdefault(f"stored form, no writing, {workers}p", []).append(
+                samples / raw(str(store), jobs, workers, task=stored_form))
             out = tmp / f"g{workers}.zarr"
-            rates.setdefault(f"generate to zarr, {workers} process(es)", []).append(
+            rates.setdefault(f"generate to zarr, {workers}p", []).append(
                 samples / gen(data, out, samples, shard_size, workers, size))
             shutil.rmtree(out)  # before the kernel writes it back during the next measure
     for name, values in rates.items():
-        print(f"{name:38s} {np.median(values):8.0f} samples/s (rounds: {', '.join(f'{v:.0f}' for v in values)})")
+        print(f"{name:30s} {np.median(values):8.0f} samples/s (rounds: {', '.join(f'{v:.0f}' for v in values)})")
+
+    def ratio(a: str, b: str, label: str, fmt: str = "{:.0%}") -> None:
+        per_round = np.divide(rates[a], rates[b])
+        print(f"{label}: {fmt.format(np.median(per_round))} (rounds: {', '.join(fmt.format(v) for v in per_round)})")
+
     for w in (1, 2):
-        per_round = np.divide(rates[f"generate to zarr, {w} process(es)"], rates[f"raw synthesis, {w} process(es)"])
-        print(f"generate / raw, {w} process(es): {np.median(per_round):.0%} "
-              f"(rounds: {', '.join(f'{v:.0%}' for v in per_round)})")
-    scaling = np.divide(rates["generate to zarr, 2 process(es)"], rates["generate to zarr, 1 process(es)"])
-    print(f"generate 2 / 1 processes: {np.median(scaling):.2f}x (rounds: {', '.join(f'{v:.2f}' for v in scaling)})")
+        ratio(f"generate to zarr, {w}p", f"raw synthesis, {w}p", f"generate / raw synthesis, {w}p")
+        ratio(f"generate to zarr, {w}p", f"stored form, no writing, {w}p", f"generate / stored form, {w}p")
+    ratio("generate to zarr, 2p", "generate to zarr, 1p", "generate 2 / 1 processes", "{:.2f}x")
+    ratio("raw synthesis, 2p", "raw synthesis, 1p", "raw synthesis 2 / 1 processes", "{:.2f}x")
 
 
 def measure_loader(data: Path, tmp: Path, samples: int, shard_size: int, size: int, rounds: int) -> None:
@@ -166,7 +192,7 @@ def measure_loader(data: Path, tmp: Path, samples: int, shard_size: int, size: i
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--samples", type=int, default=2048, help="per measure; 32768 keeps pool start-up small")
-    p.add_argument("--rounds", type=int, default=3, help="rounds of each measure")
+    p.add_argument("--rounds", type=int, default=5, help="rounds of each measure")
     p.add_argument("--shard-size", type=int, default=256, help="samples per shard (fmclip generate's default)")
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--only", choices=("generate", "loader"), default=None, help="run one part")
