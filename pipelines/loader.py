@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from .shards import ShardReader
+
 FIELDS = ("images", "masks", "labels", "tasks", "source_ids")
 
 
@@ -295,11 +297,12 @@ class CachedDataset(_Split):
         self.samples, self.shard_size = settings["samples"], settings["shard_size"]
         self._size, self._dtype = int(settings["size"]), settings["dtype"]
         self._arrays: dict[str, Any] | None = None
+        self._readers: dict[str, Any] = {}
         self._meta: dict[int, dict[str, np.ndarray]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_arrays"], state["_meta"] = None, {}  # each worker opens its own handles
+        state["_arrays"], state["_readers"], state["_meta"] = None, {}, {}  # each worker opens its own
         return state
 
     def _open(self) -> dict[str, Any]:
@@ -310,6 +313,9 @@ class CachedDataset(_Split):
             zarr.config.set({"async.concurrency": 4, "threading.max_workers": 1})
             group = zarr.open_group(self.path, mode="r")
             self._arrays = {k: group[k] for k in FIELDS}
+            # Images and masks straight from the shard files where the layout is ours (a fifth
+            # of zarr's time per sample); through zarr otherwise.
+            self._readers = {k: ShardReader.open(self.path, k) for k in ("images", "masks")}
         return self._arrays
 
     def stored_layout(self) -> tuple[tuple[int, int], np.dtype]:
@@ -328,17 +334,25 @@ class CachedDataset(_Split):
 
     def _read(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         a = self._open()
-        parts: dict[str, list[np.ndarray]] = {k: [] for k in FIELDS}
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in ("labels", "tasks", "source_ids")}
+        n, hw = len(indices), (self._size, self._size)
+        rows = {"images": np.empty((n, *hw), self._dtype), "masks": np.empty((n, *hw), np.uint8)}
+        at = 0
         for start, stop in runs(indices, self.shard_size):
-            parts["images"].append(a["images"][start:stop])
-            parts["masks"].append(a["masks"][start:stop])
+            for name, target in rows.items():
+                reader = self._readers.get(name)
+                if reader is not None:
+                    reader.read(start, stop, target[at:at + stop - start])
+                else:
+                    target[at:at + stop - start] = a[name][start:stop]
+            at += stop - start
             for shard in range(start // self.shard_size, (stop - 1) // self.shard_size + 1):
                 lo, hi = max(start, shard * self.shard_size), min(stop, (shard + 1) * self.shard_size)
                 meta, off = self._shard_meta(shard), shard * self.shard_size
                 for k in ("labels", "tasks", "source_ids"):
                     parts[k].append(meta[k][lo - off:hi - off])
         out = {k: v[0] if len(v) == 1 else np.concatenate(v) for k, v in parts.items()}
-        out["index"] = np.asarray(indices, dtype=np.int64)
+        out.update(rows, index=np.asarray(indices, dtype=np.int64))
         return out
 
 

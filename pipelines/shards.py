@@ -1,4 +1,5 @@
-"""A whole shard of the cache written straight to its files, byte for byte what zarr writes.
+"""A whole shard of the cache written straight to its files, byte for byte what zarr writes;
+and sample ranges of the sharded arrays read straight from those files.
 
 zarr's write of a 256-sample shard and the re-read of its files for checksums cost a median
 0.18-0.19 ms per sample (fill-value buffers, coroutines and copies per inner chunk), against
@@ -9,6 +10,11 @@ array's part of a shard with the same numcodecs codecs zarr calls, and writes ea
 Any other layout (an array made by another zarr version with other codecs, a partial last
 shard) returns None and is written by zarr itself; tests compare both writers' files byte for
 byte.
+
+Reading goes the same way round for the sharded arrays (images, masks): zarr's read of a
+batch's rows cost about 0.07 ms per sample, five times the decompression itself.
+``ShardReader`` reads each shard's index (checking its crc32c), then only the chunks a range
+needs, and decompresses them into the caller's array.
 """
 from __future__ import annotations
 
@@ -200,3 +206,85 @@ def atomic_write(path: Path, parts: list[bytes], durable: bool) -> str:
             os.fsync(fh.fileno())
     os.replace(tmp, path)
     return crc32c(parts)
+
+
+_MISSING = np.uint64(2**64 - 1)  # the index entry of a chunk zarr did not write (all fill value)
+
+
+class ShardReader:
+    """Rows of a sharded array of the cache (``images`` or ``masks``) read straight from its
+    shard files, for the layouts ``ShardFiles`` writes; ``open`` returns None for others.
+
+    Example:
+        >>> reader = ShardReader.open("cache.zarr", "images")   # doctest: +SKIP
+        >>> rows = np.empty((10, 224, 224), np.uint8)
+        >>> reader.read(300, 310, rows)                         # doctest: +SKIP
+    """
+
+    def __init__(self, folder: Path, shard: int, chunk: int, tail: tuple[int, ...], dtype: np.dtype,
+                 decode: Callable[[bytes, np.ndarray], Any] | None) -> None:
+        self.folder, self.shard, self.chunk, self.dtype = folder, shard, chunk, dtype
+        self.tail, self.decode, self.per_shard = tail, decode, shard // chunk
+        self._indexes: dict[int, np.ndarray] = {}
+
+    @classmethod
+    def open(cls, path: str | Path, name: str) -> ShardReader | None:
+        try:
+            meta = json.loads((Path(path) / name / "zarr.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if _array_writer(meta) is None or len(meta.get("codecs", [])) != 1:
+            return None  # not a layout ShardFiles writes, or not sharded
+        config = meta["codecs"][0]["configuration"]
+        names = [c.get("name") for c in config["codecs"]]
+        if names not in (["bytes"], ["bytes", "zstd"]) or [c.get("name") for c in config["index_codecs"]] != ["bytes", "crc32c"]:
+            return None
+        decode = None
+        if names[-1] == "zstd":
+            import numcodecs
+
+            decode = numcodecs.Zstd().decode
+        shard = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
+        dtype = np.dtype(meta["data_type"]).newbyteorder("<")
+        return cls(Path(path) / name, shard, int(config["chunk_shape"][0]), tuple(meta["shape"][1:]), dtype, decode)
+
+    def _index(self, shard: int, fh: Any) -> np.ndarray:
+        """(offset, nbytes) of each chunk of the shard, from the end of its file."""
+        if shard not in self._indexes:
+            size = self.per_shard * 16
+            fh.seek(-(size + 4), os.SEEK_END)
+            raw = fh.read(size + 4)
+            if len(raw) != size + 4 or crc32c([raw[:size]]) != raw[size:][::-1].hex():
+                raise OSError(f"{fh.name}: damaged shard index (checksum mismatch); run fmclip verify")
+            if len(self._indexes) >= 64:
+                self._indexes.pop(next(iter(self._indexes)))
+            self._indexes[shard] = np.frombuffer(raw[:size], "<u8").reshape(self.per_shard, 2)
+        return self._indexes[shard]
+
+    def read(self, start: int, stop: int, out: np.ndarray) -> None:
+        """Rows [start, stop) into ``out`` (C-contiguous, ``stop - start`` rows)."""
+        pos = start
+        while pos < stop:
+            shard, k = divmod(pos // self.chunk, self.per_shard)
+            first = (shard * self.per_shard + k) * self.chunk
+            end = min(first + self.chunk, stop)
+            rows = out[pos - start:end - start]
+            with open(self.folder / "c" / str(shard) / "/".join("0" * len(self.tail)), "rb") as fh:
+                offset, nbytes = self._index(shard, fh)[k]
+                if offset == _MISSING:
+                    rows[...] = 0
+                else:
+                    fh.seek(int(offset))
+                    raw = fh.read(int(nbytes))
+                    whole = pos == first and end == first + self.chunk
+                    target = rows if whole else np.empty((self.chunk, *self.tail), self.dtype)
+                    try:
+                        if self.decode is None:
+                            target.reshape(-1).view(np.uint8)[...] = np.frombuffer(raw, np.uint8)
+                        else:
+                            self.decode(raw, out=target)
+                    except (ValueError, RuntimeError) as exc:
+                        raise OSError(f"{fh.name}: chunk {k} cannot be decoded ({exc}); run fmclip verify") from None
+                    if not whole:
+                        rows[...] = target[pos - first:end - first]
+            pos = end

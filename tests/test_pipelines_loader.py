@@ -1,10 +1,15 @@
 """Loading a cache: every sample exactly once per epoch across DDP ranks and DataLoader workers,
 batches equal to torch's collation, persistent workers following set_epoch, BatchLoader's ring
-equal to the DataLoader, and the on-the-fly dataset equal to the cache."""
+equal to the DataLoader, the on-the-fly dataset equal to the cache, and the direct shard reader
+equal to zarr."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
-from cache_helpers import arrays
+import zarr
+from cache_helpers import arrays, gen
+
+from pipelines.shards import ShardReader
 
 
 def test_loader_two_workers_two_ranks_every_sample_once(reference):
@@ -183,3 +188,27 @@ def test_on_the_fly_dataset_equals_the_cache(images, reference):
                                                  num_workers=2, persistent_workers=False)))
     assert [b["index"].tolist() for b in live_batches] == [list(range(0, 8)), list(range(12, 20)),
                                                           list(range(8, 12)), list(range(20, 24))]
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float16"])
+def test_shard_reader_reads_what_zarr_reads(images, tmp_path, dtype):
+    """The loader reads images and masks straight from the shard files: random ranges, across
+    shard and chunk edges and into the partial last shard (written by zarr), equal zarr's read."""
+    out = tmp_path / "c.zarr"
+    assert gen(images, out, "--workers", "1", "--dtype", dtype, samples=22) == 0  # shards of 8, 8 and 6
+    group = zarr.open_group(str(out), mode="r")
+    rng = np.random.default_rng(0)
+    for name in ("images", "masks"):
+        reader, stored = ShardReader.open(out, name), group[name][:]
+        for _ in range(60):
+            start = int(rng.integers(0, 22))
+            stop = int(rng.integers(start + 1, 23))
+            rows = np.empty((stop - start, 64, 64), stored.dtype)
+            reader.read(start, stop, rows)
+            assert np.array_equal(rows, stored[start:stop]), (name, start, stop)
+    shard_file = out / "images" / "c" / "1" / "0" / "0"
+    raw = bytearray(shard_file.read_bytes())
+    raw[-6] ^= 1  # inside the shard's chunk index, before its crc32c
+    shard_file.write_bytes(bytes(raw))
+    with pytest.raises(OSError, match=r"images/c/1/0/0: damaged shard index"):
+        ShardReader.open(out, "images").read(8, 9, np.empty((1, 64, 64), group["images"].dtype))
