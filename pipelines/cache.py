@@ -84,7 +84,7 @@ def make_samples(sources: Any, config: Any, seeds: list[int], dtype: str, record
     out: dict[str, Any] = dict(zip(("images", "masks", "labels"), arrays))
     # Per-sample Python work (source draws, JSON) runs in tight loops before and after the
     # synthesis loop: interleaved with synthesis, whose kernels evict its code and data from
-    # the caches, it cost twice as much (0.071 vs 0.036 ms per sample).
+    # the caches, it cost about twice as much (0.071 vs 0.038 ms per sample).
     chosen = [source_index(seed, len(sources)) for seed in seeds]
     made = []
     for i, (seed, src) in enumerate(zip(seeds, chosen)):

@@ -17,9 +17,9 @@ import numpy as np
 
 @numba.njit(cache=True, nogil=True)
 def to_uint8_into(image: np.ndarray, out: np.ndarray) -> None:
-    """``out = uint8(rint(float32(image) * 255))``, values outside [0, 1] clipped first; ``out``
-    is a C-contiguous uint8 array of ``image``'s shape. Equals numpy's float32 expression
-    (rounding half to even) on [0, 1]."""
+    """``out = uint8(rint(float32(image) * 255))`` clipped to [0, 255] (numpy's cast would wrap
+    values outside [0, 1]); ``out`` is a C-contiguous uint8 array of ``image``'s shape. Equals
+    numpy's float32 expression (rounding half to even) on [0, 1]."""
     src, dst = image.reshape(-1), out.reshape(-1)
     for i in range(src.size):
         value = np.rint(np.float32(src[i]) * np.float32(255.0))

@@ -217,7 +217,7 @@ class ShardReader:
 
     Example:
         >>> reader = ShardReader.open("cache.zarr", "images")   # doctest: +SKIP
-        >>> rows = np.empty((10, 224, 224), np.uint8)
+        >>> rows = np.empty((10, 224, 224), np.uint8)            # doctest: +SKIP
         >>> reader.read(300, 310, rows)                         # doctest: +SKIP
     """
 
@@ -233,7 +233,8 @@ class ShardReader:
             meta = json.loads((Path(path) / name / "zarr.json").read_text())
         except (OSError, ValueError):
             return None
-        if _array_writer(meta) is None or len(meta.get("codecs", [])) != 1:
+        codecs = meta.get("codecs", [])
+        if _array_writer(meta) is None or len(codecs) != 1 or codecs[0].get("name") != "sharding_indexed":
             return None  # not a layout ShardFiles writes, or not sharded
         config = meta["codecs"][0]["configuration"]
         names = [c.get("name") for c in config["codecs"]]
