@@ -35,12 +35,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("cache", help="the cache folder, e.g. cache.zarr")
     parser.add_argument("--replay", type=int, default=16, help="samples to regenerate and compare (default 16)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the replayed subset's draw")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def check_shards(path: Path, settings: dict[str, Any]) -> list[str]:
+def check_shards(path: Path, settings: dict[str, Any], progress: bool = False) -> list[str]:
     """Completeness and checksums; one message per damaged or missing shard."""
+    from tqdm import tqdm
+
     problems = []
-    for shard in range(n_shards(settings["samples"], settings["shard_size"])):
+    total = n_shards(settings["samples"], settings["shard_size"])
+    for shard in tqdm(range(total), desc=f"verify {path.name}", unit="shard", disable=not progress,
+                      dynamic_ncols=True):
         marker = read_marker(path, shard)
         start, stop = shard_range(shard, settings["samples"], settings["shard_size"])
         if marker is None:
@@ -101,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"fmclip verify: error: {path}: not an fmclip cache (no zarr.json with fmclip settings)",
               file=sys.stderr)
         return 2
-    problems = check_shards(path, settings)
+    problems = check_shards(path, settings, progress=not args.no_progress)
     damaged = {int(p.split()[1]) for p in problems}
     problems += check_replay(path, settings, args.replay, args.seed, damaged)
     total = n_shards(settings["samples"], settings["shard_size"])
