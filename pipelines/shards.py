@@ -253,7 +253,7 @@ class ShardReader:
         """(offset, nbytes) of each chunk of the shard, from the end of its file."""
         if shard not in self._indexes:
             size = self.per_shard * 16
-            fh.seek(-(size + 4), os.SEEK_END)
+            fh.seek(max(0, fh.seek(0, os.SEEK_END) - size - 4))  # a truncated file reads short
             raw = fh.read(size + 4)
             if len(raw) != size + 4 or crc32c([raw[:size]]) != raw[size:][::-1].hex():
                 raise OSError(f"{fh.name}: damaged shard index (checksum mismatch); run fmclip verify")

@@ -212,3 +212,6 @@ def test_shard_reader_reads_what_zarr_reads(images, tmp_path, dtype):
     shard_file.write_bytes(bytes(raw))
     with pytest.raises(OSError, match=r"images/c/1/0/0: damaged shard index"):
         ShardReader.open(out, "images").read(8, 9, np.empty((1, 64, 64), group["images"].dtype))
+    (out / "masks" / "c" / "0" / "0" / "0").write_bytes(b"cut")
+    with pytest.raises(OSError, match=r"masks/c/0/0/0: damaged shard index"):
+        ShardReader.open(out, "masks").read(0, 1, np.empty((1, 64, 64), np.uint8))
