@@ -233,7 +233,14 @@ def single_thread() -> None:
 
 
 def _state(path: str) -> dict[str, Any]:
-    if _STATE.get("path") != path:
+    """The worker's state for the store at ``path`` as it is now: a store replaced there with
+    other settings (``--overwrite`` in the same process) is loaded again. Reading zarr.json
+    costs 0.01 ms a shard; its inode and time stamp could repeat when a store is remade."""
+    try:
+        identity = (path, (Path(path) / "zarr.json").read_bytes())
+    except OSError:
+        raise CacheError(f"{path}: not an initialised fmclip cache") from None
+    if _STATE.get("identity") != identity:
         import synth
 
         from .sources import SourceSet
@@ -243,7 +250,7 @@ def _state(path: str) -> dict[str, Any]:
             raise CacheError(f"{path}: not an initialised fmclip cache")
         spec = json.loads((Path(path) / "sources.json").read_text())
         _STATE.clear()
-        _STATE.update(path=path, settings=settings, sources=SourceSet(spec),
+        _STATE.update(path=path, identity=identity, settings=settings, sources=SourceSet(spec),
                       config=synth.SynthesisConfig.from_dict(settings["config"]),
                       files=ShardFiles.open(path, [*ARRAYS_2D, *ARRAYS_1D]))
     return _STATE

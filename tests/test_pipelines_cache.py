@@ -128,6 +128,18 @@ def test_other_settings_are_refused_unless_overwrite(images, reference, tmp_path
     assert not np.array_equal(arrays(out)["seeds"], arrays(reference)["seeds"])
 
 
+def test_a_store_remade_in_the_same_process_is_written_with_its_new_settings(images, reference, tmp_path):
+    """The worker state this process keeps per store is for the store as it is now: replaced
+    with --overwrite and other settings, the new store is written as a fresh run writes it."""
+    out, fresh = tmp_path / "c.zarr", tmp_path / "fresh.zarr"
+    assert gen(images, out, "--workers", "1") == 0
+    other = ("--workers", "1", "--dtype", "float16", "--shard-size", "12", "--chunk-size", "6")
+    assert gen(images, out, *other, "--overwrite") == 0
+    assert gen(images, fresh, *other) == 0
+    assert arrays(out)["images"].dtype == np.float16
+    assert_same(out, fresh)
+
+
 def test_verify_passes_then_names_the_corrupted_shard(reference, tmp_path, capsys):
     from pipelines.cli import main
 

@@ -122,11 +122,33 @@ def test_record_round_trips_and_is_read_only():
     image = smooth_image((40, 40))
     record = synth.synthesize(image, rng=3, task="pathology_texture").record
     assert synth.SynthesisRecord.from_json(record.to_json()) == record
-    for task in synth.TASKS:  # the encoder reads the frozen params: same text as the plain dict's
-        rec = synth.synthesize(smooth_image((48, 48)), rng=5, task=task, foreground=disc_foreground((48, 48))).record
-        assert rec.to_json() == json.dumps(rec.to_dict(), separators=(",", ":"), sort_keys=True)
+    for task in synth.TASKS:  # the encoder reads the frozen params: every value back exactly
+        rec = synth.synthesize(smooth_image((48, 48)), rng=5, task=task, foreground=disc_foreground((48, 48)),
+                               source_id="case-1").record
+        text = rec.to_json()
+        assert json.loads(text) == rec.to_dict() and ", " not in text and ": " not in text
+        assert list(json.loads(text)) == sorted(rec.to_dict())
     with pytest.raises(TypeError):
         record.params["lesions"][0]["beta"] = 0.5
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_record_json_keeps_every_value(fast, monkeypatch):
+    """orjson (when installed) and json write the same values: NaN, infinity, None, integers
+    beyond 64 bits and tiny floats come back as they went in."""
+    from synth import records
+
+    if not fast:
+        monkeypatch.setattr(records, "orjson", None)
+    edge = {"z": [1e-05, 2.5e-07, -0.0, 5e-324, 1.7976931348623157e308], "a": {"seed": 2**64 - 1, "n": 3}}
+    for extra in ({}, {"gap": None}, {"nan": float("nan"), "inf": float("inf")}, {"big": 2**70}):
+        record = synth.SynthesisRecord("cutpaste", 9, (8, 8), {**edge, **extra}, source_id="s")
+        back = json.loads(record.to_json())
+        assert back["params"]["z"] == edge["z"] and str(back["params"]["z"][2]) == "-0.0"
+        assert back["params"]["a"] == edge["a"] and list(back["params"]) == sorted(back["params"])
+        for key, value in extra.items():
+            got = back["params"][key]
+            assert got == value or (value != value and got != got), (key, got)
 
 
 def _bad(value, where=(0, 0)):
