@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import google_crc32c
@@ -44,8 +46,10 @@ def test_store_layout_and_contents(reference):
 def test_two_workers_and_dask_write_the_same_arrays(images, reference, tmp_path):
     assert gen(images, tmp_path / "two.zarr", "--workers", "2") == 0
     assert_same(reference, tmp_path / "two.zarr")
+    environ = {k: os.environ.get(k) for k in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")}
     assert gen(images, tmp_path / "dask.zarr", "--dask-local", "2") == 0
     assert_same(reference, tmp_path / "dask.zarr")
+    assert environ == {k: os.environ.get(k) for k in environ}  # the nannies' settings are put back
     # same bytes on disk too, not just equal decoded values
     for shard in range(3):
         assert file_checksums(reference, shard) == file_checksums(tmp_path / "dask.zarr", shard)
@@ -138,6 +142,41 @@ def test_a_store_remade_in_the_same_process_is_written_with_its_new_settings(ima
     assert gen(images, fresh, *other) == 0
     assert arrays(out)["images"].dtype == np.float16
     assert_same(out, fresh)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="tunes glibc's allocator only")
+def test_workers_keep_freed_memory_for_the_next_shard():
+    """zstd's pattern (a buffer of its bound, shrunk to the output, freed) faults its pages in
+    again on every call under glibc's defaults; not once a worker keeps freed memory, and
+    again once the defaults are back."""
+    script = textwrap.dedent(f"""
+        import ctypes, resource, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from pipelines.generate import keep_freed_memory
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc.restype = libc.realloc.restype = ctypes.c_void_p
+        libc.malloc.argtypes, libc.realloc.argtypes = [ctypes.c_size_t], [ctypes.c_void_p, ctypes.c_size_t]
+        libc.free.argtypes = [ctypes.c_void_p]
+
+        def faults_per_call(calls=20):
+            start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            for _ in range(calls):
+                p = libc.malloc(3_200_000)
+                ctypes.memset(p, 1, 850_000)
+                libc.free(libc.realloc(p, 850_000))
+            return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start) / calls
+
+        before = faults_per_call()
+        keep_freed_memory()
+        faults_per_call(2)
+        kept = faults_per_call()
+        keep_freed_memory(False)
+        print(before, kept, faults_per_call())
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env).stdout
+    before, kept, restored = map(float, out.split())
+    assert before >= 150 and kept <= 2 and restored >= 150  # 850 kB is 208 pages
 
 
 def test_verify_passes_then_names_the_corrupted_shard(reference, tmp_path, capsys):
