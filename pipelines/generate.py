@@ -102,9 +102,8 @@ def keep_freed_memory(keep: bool = True) -> None:
         import ctypes
 
         mallopt = ctypes.CDLL("libc.so.6").mallopt
-        trim, mmap = _KEEP_FREED.values() if keep else (128 << 10, 128 << 10)
-        mallopt(-1, trim)  # M_TRIM_THRESHOLD
-        mallopt(-3, mmap)  # M_MMAP_THRESHOLD
+        mallopt(-1, _KEEP_FREED["MALLOC_TRIM_THRESHOLD_"] if keep else 128 << 10)  # M_TRIM_THRESHOLD
+        mallopt(-3, _KEEP_FREED["MALLOC_MMAP_THRESHOLD_"] if keep else 128 << 10)  # M_MMAP_THRESHOLD
 
 
 def _init_worker() -> None:
