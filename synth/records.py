@@ -79,8 +79,11 @@ class SynthesisRecord:
         return self.task != "identity"
 
     def to_dict(self) -> dict:
+        return self._fields(_thaw(self.params))
+
+    def _fields(self, params: Any) -> dict:
         return {"task": self.task, "seed": int(self.seed), "spatial_shape": list(self.spatial_shape),
-                "params": _thaw(self.params), "modality": self.modality, "source_id": self.source_id,
+                "params": params, "modality": self.modality, "source_id": self.source_id,
                 "engine_version": self.engine_version}
 
     def to_json(self) -> str:
@@ -91,16 +94,15 @@ class SynthesisRecord:
         written per cached sample). orjson writes NaN and infinity as null, so a record with
         a null in it, and any value orjson refuses, is written by json instead, which keeps
         them (as NaN and Infinity)."""
-        plain = {"task": self.task, "seed": int(self.seed), "spatial_shape": list(self.spatial_shape),
-                 "params": self.params, "modality": self.modality, "source_id": self.source_id,
-                 "engine_version": self.engine_version}
+        plain = self._fields(self.params)
         if orjson is not None:
             try:
                 text = orjson.dumps(plain, option=orjson.OPT_SORT_KEYS, default=_mapping_to_dict)
             except TypeError:  # orjson.JSONEncodeError: an integer beyond 64 bits, a numpy scalar
-                text = b"null"
-            if b"null" not in text:
-                return text.decode()
+                pass
+            else:
+                if b"null" not in text:
+                    return text.decode()
         return json.dumps(plain, separators=(",", ":"), sort_keys=True, default=_mapping_to_dict)
 
     @classmethod
