@@ -9,6 +9,7 @@ import numpy as np
 
 from .config import SynthesisConfig
 from .engine import pool_for
+from .kernels.seeds import entropy_words, spawned_seeds
 from .records import SynthesisRecord
 from .validation import check_intensities, check_mask_like
 
@@ -25,8 +26,14 @@ class Synthesis(NamedTuple):
 
 
 def spawn_seeds(seed: int, n: int) -> list[int]:
-    """The per-item seeds a batch uses: ``n`` independent 64-bit seeds spawned from ``seed``."""
-    return [int(s.generate_state(1, np.uint64)[0]) for s in np.random.SeedSequence(seed).spawn(n)]
+    """The per-item seeds a batch uses: ``n`` independent 64-bit seeds spawned from ``seed``,
+    ``[int(s.generate_state(1, np.uint64)[0]) for s in np.random.SeedSequence(seed).spawn(n)]``
+    computed by a compiled loop."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
+    if n < 0:
+        raise ValueError(f"the number of seeds must be non-negative; got {n}")
+    return spawned_seeds(entropy_words(int(seed)), np.uint64(0), int(n)).tolist()
 
 
 def _draw_seed(rng) -> int:

@@ -77,6 +77,28 @@ def test_layouts_and_batch_equals_loop(layout, shape):
         assert item_record == records[i]
 
 
+@pytest.mark.parametrize("seed", [0, 1, 9, 2**32 - 1, 2**32, 2**64 + 5, 2**127, 2**128 + 3, 2**200 + 99])
+def test_spawn_seeds_equal_numpys_seed_sequence(seed):
+    expected = [int(s.generate_state(1, np.uint64)[0]) for s in np.random.SeedSequence(seed).spawn(300)]
+    assert synth.spawn_seeds(seed, 300) == expected
+    assert synth.spawn_seeds(seed, 0) == []
+
+
+@pytest.mark.parametrize("child", [2**32 - 1, 2**32, 2**32 + 7, 2**63 + 1, 2**64 - 1])
+def test_spawned_seeds_of_wide_child_indices_equal_numpys(child):
+    from synth.kernels.seeds import entropy_words, spawned_seeds
+
+    for seed in (0, 5, 2**130):
+        expected = int(np.random.SeedSequence(seed, spawn_key=(child,)).generate_state(1, np.uint64)[0])
+        assert int(spawned_seeds(entropy_words(seed), np.uint64(child), 1)[0]) == expected
+
+
+@pytest.mark.parametrize("seed, n", [(-1, 3), (1.5, 3), (True, 3), (0, -1)])
+def test_spawn_seeds_refuses_bad_arguments(seed, n):
+    with pytest.raises(ValueError, match="non-negative"):
+        synth.spawn_seeds(seed, n)
+
+
 def test_channels_share_one_anomaly():
     base = smooth_image((48, 48), seed=3)
     image = np.stack([base, base])
