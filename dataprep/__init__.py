@@ -31,7 +31,8 @@ _SUBMODULES: dict[str, tuple[str, ...]] = {
     "modality": (
         "MODALITIES", "PipelineConfig", "modality_array_pipeline", "modality_pipeline", "volume_to_slices"
     ),
-    "prepare": ("INDEXERS", "PrepareError", "prepare_dataset", "read_index"),
+    "prepare": ("INDEXERS", "prepare_dataset"),
+    "prepared": ("PrepareError", "read_index"),
     "transforms": (
         "CLAHE", "BrainForeground", "EnsureGrey", "LungFieldMask", "PercentileNormalize",
         "ResizeKeepAspect", "ScaleIntensityToUnit", "UltrasoundForeground", "UltrasoundFrameCrop"

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .io import atomic_write_bytes
-from .prepare import read_index
+from .prepared import read_index
 
 
 class LeakageError(Exception):

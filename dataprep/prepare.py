@@ -39,16 +39,13 @@ from .dictionary import ResizeKeepAspectd
 from .indexing import LayoutError, RawIndex, RawUnit, Skip, unique_ids
 from .io import ReadError, atomic_write_bytes, content_hash, read_image, to_uint16, write_png
 from .modality import PipelineConfig, modality_pipeline, volume_to_slices
+from .prepared import PrepareError
 
 FORMAT_VERSION = 1
 INDEXERS: dict[str, Callable[..., RawIndex]] = {
     "brainmri": index_brainmri, "busi": index_busi, "chexpert": index_chexpert, "brats": index_brats,
     "mediclip": index_mediclip, "mvfa": index_mvfa, "folder": index_folder,
 }
-
-
-class PrepareError(Exception):
-    """prepare cannot produce a usable dataset (message says why and where to look)."""
 
 
 def skip_category(reason: str) -> str:
@@ -312,12 +309,3 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, (np.integer, np.floating)):
         return obj.item()
     return str(obj)
-
-
-def read_index(prepared: str | Path) -> list[dict[str, Any]]:
-    """The records of a prepared dataset's ``index.jsonl``."""
-    path = Path(prepared) / "index.jsonl"
-    if not path.is_file():
-        raise PrepareError(f"{path}: not found (is {prepared} a prepared dataset? run `fmclip prepare` first)")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-

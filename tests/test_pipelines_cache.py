@@ -269,6 +269,14 @@ def test_prepared_dataset_with_support_uses_only_the_support_images(images, tmp_
     identity = zarr.open_group(str(out), mode="r").attrs["fmclip"]["dataset"]
     assert identity["ids_sha256"] == hashlib.sha256("\n".join(sorted(chosen)).encode()).hexdigest()
 
+    # Reading a prepared set (generate's driver, verify, fewshot) imports neither MONAI nor
+    # torch, which prepare's transforms need: 6 s in every process that starts.
+    code = ("import sys\nfrom pipelines.sources import source_spec\nfrom dataprep.fewshot import load_support\n"
+            f"spec = source_spec({str(prepared)!r}, 64, {str(support)!r})\n"
+            "print(len(spec['items']), sorted(m for m in ('monai', 'torch') if m in sys.modules))\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert run.stdout.strip() == "2 []", run.stdout + run.stderr
+
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     assert gen(prepared, tmp_path / "bad.zarr", "--support", str(bad)) == 2
