@@ -9,7 +9,8 @@
    loader: items collated by the DataLoader, whole batches made by the dataset and moved by the
    DataLoader, and whole batches moved by ``BatchLoader`` (steady state: the second epoch of
    persistent workers, rounds alternating cached and on the fly; targets: >= 4,000 samples/s
-   at 224 x 224; >= 3x on the fly).
+   at 224 x 224; >= 3x on the fly);
+3. the start-up of a fresh ``fmclip generate`` process (one 256-sample shard).
 
 Each measure starts after an untimed ``os.sync()``, and each generated store is deleted right
 after it is timed, so no measure pays for the kernel's write-back (30 s later) of files that an
@@ -162,6 +163,26 @@ def measure_generation(data: Path, tmp: Path, samples: int, shard_size: int, siz
     ratio("raw synthesis, 2p", "raw synthesis, 1p", "raw synthesis 2 / 1 processes", "{:.2f}x")
 
 
+def measure_startup(data: Path, tmp: Path, size: int, rounds: int) -> None:
+    """Seconds a fresh ``fmclip generate`` process takes for one 256-sample shard on one
+    process: almost all of it is start-up (imports, numba's cached kernels, the store), which
+    the in-process measures above pay once, untimed."""
+    import subprocess
+
+    times = []
+    for k in range(rounds):
+        out = tmp / f"startup{k}.zarr"
+        cmd = [sys.executable, "-m", "pipelines.cli", "generate", "--data", str(data), "--out", str(out),
+               "--samples", "256", "--seed", "0", "--size", str(size), "--workers", "1", "--no-progress"]
+        settle()
+        t = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True, cwd=Path(__file__).resolve().parents[1])
+        times.append(time.perf_counter() - t)
+        shutil.rmtree(out)
+    print(f"fresh `fmclip generate`, 256 samples, 1 process: {np.median(times):.2f} s "
+          f"(rounds: {', '.join(f'{t:.2f}' for t in times)})")
+
+
 def measure_loader(data: Path, tmp: Path, samples: int, shard_size: int, size: int, rounds: int) -> None:
     """Per loading mode: a cached and an on-the-fly loader (persistent workers, started and
     warmed by one untimed epoch each), then ``rounds`` rounds timing one epoch of each in
@@ -202,6 +223,7 @@ def main() -> None:
         data = brain_dataset(Path(tmp) / "brain", a.size)
         if a.only != "loader":
             measure_generation(data, Path(tmp), a.samples, a.shard_size, a.size, a.rounds)
+            measure_startup(data, Path(tmp), a.size, a.rounds)
         if a.only != "generate":
             measure_loader(data, Path(tmp), a.samples, a.shard_size, a.size, a.rounds)
 
