@@ -60,11 +60,11 @@ def synthesis_only(path: str, shard: int, seeds: list[int]) -> int:
     """Raw synthesis: each sample's source draw, source image and ``synth.synthesize``; the
     outputs are dropped (no stored form, no record JSON, no writing)."""
     import synth
-    from pipelines.sources import source_index
+    from pipelines.sources import source_indices
 
     state = cache._state(path)
     sources, config = state["sources"], state["config"]
-    for seed, src in [(seed, source_index(seed, len(sources))) for seed in seeds]:
+    for seed, src in zip(seeds, source_indices(seeds, len(sources)).tolist()):  # as make_samples draws them
         image, fg = sources.read(src)
         synth.synthesize(image, rng=int(seed), foreground=fg, config=config, source_id=sources.source_id(src))
     return len(seeds)

@@ -72,7 +72,7 @@ def make_samples(sources: Any, config: Any, seeds: list[int], dtype: str, record
     a twentieth of a shard's time."""
     import synth
 
-    from .sources import source_index
+    from .sources import source_indices
 
     n, size = len(seeds), sources.size
     image_dtype = np.dtype(np.uint8 if dtype == "uint8" else np.float16)
@@ -85,7 +85,7 @@ def make_samples(sources: Any, config: Any, seeds: list[int], dtype: str, record
     # Per-sample Python work (source draws, JSON) runs in tight loops before and after the
     # synthesis loop: interleaved with synthesis, whose kernels evict its code and data from
     # the caches, it cost about twice as much (0.071 vs 0.038 ms per sample).
-    chosen = [source_index(seed, len(sources)) for seed in seeds]
+    chosen = source_indices(seeds, len(sources)).tolist()
     made = []
     for i, (seed, src) in enumerate(zip(seeds, chosen)):
         image, fg = sources.read(src)

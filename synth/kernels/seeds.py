@@ -52,6 +52,40 @@ def _mix(x, y):
     return result ^ (result >> np.uint64(16))
 
 
+@njit(cache=True, inline="always")
+def _fill_pool(pool, entropy, key, key_words):
+    """``pool`` <- the SeedSequence pool of ``entropy`` (at least 4 words) followed by the first
+    ``key_words`` words of ``key`` (the spawn key)."""
+    hash_const = _INIT_A
+    for i in range(_POOL):
+        pool[i], hash_const = _hashmix(np.uint64(entropy[i]), hash_const)
+    for src in range(_POOL):
+        for dst in range(_POOL):
+            if src != dst:
+                hashed, hash_const = _hashmix(pool[src], hash_const)
+                pool[dst] = _mix(pool[dst], hashed)
+    for src in range(_POOL, len(entropy) + key_words):
+        word = np.uint64(entropy[src]) if src < len(entropy) else key[src - len(entropy)]
+        for dst in range(_POOL):
+            hashed, hash_const = _hashmix(word, hash_const)
+            pool[dst] = _mix(pool[dst], hashed)
+
+
+@njit(cache=True, inline="always")
+def _state_uint64(pool, out):
+    """``generate_state(len(out), np.uint64)`` of the pool into ``out``: 32-bit words in turn,
+    each pair's first word the low half."""
+    state_const = _INIT_B
+    for k in range(len(out)):
+        value = np.uint64(0)
+        for half in range(2):
+            word = pool[(2 * k + half) % _POOL] ^ state_const
+            state_const = (state_const * _MULT_B) & _MASK
+            word = (word * state_const) & _MASK
+            value |= (word ^ (word >> np.uint64(16))) << np.uint64(32 * half)
+        out[k] = value
+
+
 @njit(cache=True)
 def spawned_seeds(entropy, first, n):
     """``SeedSequence(seed, spawn_key=(i,)).generate_state(1, np.uint64)[0]`` for children
@@ -63,26 +97,22 @@ def spawned_seeds(entropy, first, n):
     for k in range(n):
         child = np.uint64(first) + np.uint64(k)
         key[0], key[1] = child & _MASK, child >> np.uint64(32)
-        key_words = 2 if key[1] else 1
-        hash_const = _INIT_A
-        for i in range(_POOL):
-            pool[i], hash_const = _hashmix(np.uint64(entropy[i]), hash_const)
-        for src in range(_POOL):
-            for dst in range(_POOL):
-                if src != dst:
-                    hashed, hash_const = _hashmix(pool[src], hash_const)
-                    pool[dst] = _mix(pool[dst], hashed)
-        for src in range(_POOL, len(entropy) + key_words):
-            word = np.uint64(entropy[src]) if src < len(entropy) else key[src - len(entropy)]
-            for dst in range(_POOL):
-                hashed, hash_const = _hashmix(word, hash_const)
-                pool[dst] = _mix(pool[dst], hashed)
-        # generate_state(1, uint64): two 32-bit words, the first the low half
-        state_const, value = _INIT_B, np.uint64(0)
-        for i in range(2):
-            word = pool[i] ^ state_const
-            state_const = (state_const * _MULT_B) & _MASK
-            word = (word * state_const) & _MASK
-            value |= (word ^ (word >> np.uint64(16))) << np.uint64(32 * i)
-        out[k] = value
+        _fill_pool(pool, entropy, key, 2 if key[1] else 1)
+        _state_uint64(pool, out[k:k + 1])
+    return out
+
+
+@njit(cache=True)
+def keyed_pcg64_states(seeds, key):
+    """For each 64-bit seed s: ``SeedSequence(s, spawn_key=(key,)).generate_state(4, np.uint64)``,
+    the words PCG64 is seeded with (``key`` below 2**32). One row of 4 per seed."""
+    out = np.empty((len(seeds), 4), np.uint64)
+    pool = np.empty(_POOL, np.uint64)
+    entropy = np.zeros(_POOL, np.uint32)  # a seed below 2**64 pads to the same 4 words
+    key_words = np.full(1, np.uint64(key) & _MASK, np.uint64)
+    for k in range(len(seeds)):
+        seed = np.uint64(seeds[k])
+        entropy[0], entropy[1] = np.uint32(seed & _MASK), np.uint32(seed >> np.uint64(32))
+        _fill_pool(pool, entropy, key_words, 1)
+        _state_uint64(pool, out[k])
     return out
