@@ -66,7 +66,7 @@ def make_samples(sources: Any, config: Any, seeds: list[int], dtype: str, record
                  reuse: dict[str, Any] | None = None) -> dict[str, Any]:
     """Synthesise the samples with these seeds: stored-form arrays and per-sample metadata
     (without the ``records`` JSON when ``records`` is False). Sample with seed s starts from
-    source image ``source_index(s, len(sources))``. With ``reuse`` (a dict the caller keeps
+    source image ``source_indices([s], len(sources))``. With ``reuse`` (a dict the caller keeps
     between calls), the image, mask and label arrays are made once in it and overwritten by
     the next call: memory touched for the first time costs a page fault per 4 kB, which was
     a twentieth of a shard's time."""

@@ -54,13 +54,16 @@ def _mulhi64(a, b):
 
 
 @numba.njit(cache=True, inline="always")
+def _add128(high, low, add_high, add_low):
+    total = low + add_low
+    return high + add_high + (np.uint64(1) if total < low else np.uint64(0)), total
+
+
+@numba.njit(cache=True, inline="always")
 def _pcg64_step(high, low, inc_high, inc_low):
     """PCG64's 128-bit LCG step, state * multiplier + increment, on (high, low) halves."""
-    new_low = low * _PCG_MULT_LOW
-    new_high = _mulhi64(low, _PCG_MULT_LOW) + high * _PCG_MULT_LOW + low * _PCG_MULT_HIGH
-    total_low = new_low + inc_low
-    carry = np.uint64(1) if total_low < new_low else np.uint64(0)
-    return new_high + inc_high + carry, total_low
+    product_high = _mulhi64(low, _PCG_MULT_LOW) + high * _PCG_MULT_LOW + low * _PCG_MULT_HIGH
+    return _add128(product_high, low * _PCG_MULT_LOW, inc_high, inc_low)
 
 
 @numba.njit(cache=True, inline="always")
@@ -77,38 +80,33 @@ def bounded_draws(states, n):
     ``.integers(n)``, for 1 <= n <= 2**32 (Lemire's method on 32-bit draws, numpy's way)."""
     out = np.empty(len(states), np.int64)
     bound = np.uint64(n - 1)
+    span = bound + np.uint64(1)
+    # A draw is kept when the low half of draw * span reaches this; numpy computes it only
+    # when a draw may fall below it, but it depends on n alone.
+    threshold = (_LOW32 - bound) % span if bound < _LOW32 else np.uint64(0)
     for k in range(len(states)):
         if bound == 0:
             out[k] = 0
             continue
         inc_high = (states[k, 2] << np.uint64(1)) | (states[k, 3] >> np.uint64(63))
         inc_low = (states[k, 3] << np.uint64(1)) | np.uint64(1)
-        high, low = _pcg64_step(np.uint64(0), np.uint64(0), inc_high, inc_low)
-        low_sum = low + states[k, 1]
-        high = high + states[k, 0] + (np.uint64(1) if low_sum < low else np.uint64(0))
-        low = low_sum
+        # Seeding: the zero state steps to the increment, adds the initial state, steps again.
+        high, low = _add128(inc_high, inc_low, states[k, 0], states[k, 1])
         high, low = _pcg64_step(high, low, inc_high, inc_low)
-        # 32-bit draws: the low half of a 64-bit output, then its high half
-        buffered, has_buffered = np.uint64(0), False
-        high, low = _pcg64_step(high, low, inc_high, inc_low)
-        word = _pcg64_output(high, low)
-        draw, buffered, has_buffered = word & _LOW32, word >> np.uint64(32), True
-        if bound == _LOW32:
-            out[k] = np.int64(draw)
-            continue
-        span = bound + np.uint64(1)
-        product = draw * span
-        leftover = product & _LOW32
-        if leftover < span:
-            threshold = (_LOW32 - bound) % span
-            while leftover < threshold:
-                if has_buffered:
-                    draw, has_buffered = buffered, False
-                else:
-                    high, low = _pcg64_step(high, low, inc_high, inc_low)
-                    word = _pcg64_output(high, low)
-                    draw, buffered, has_buffered = word & _LOW32, word >> np.uint64(32), True
-                product = draw * span
-                leftover = product & _LOW32
-        out[k] = np.int64(product >> np.uint64(32))
+        buffered, has_buffered = np.uint64(0), False  # 32-bit draws: a 64-bit output's low half, then its high
+        while True:
+            if has_buffered:
+                draw, has_buffered = buffered, False
+            else:
+                high, low = _pcg64_step(high, low, inc_high, inc_low)
+                word = _pcg64_output(high, low)
+                draw, buffered, has_buffered = word & _LOW32, word >> np.uint64(32), True
+            if bound == _LOW32:
+                result = draw
+                break
+            product = draw * span
+            if product & _LOW32 >= threshold:
+                result = product >> np.uint64(32)
+                break
+        out[k] = np.int64(result)
     return out

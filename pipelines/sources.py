@@ -166,10 +166,5 @@ def source_indices(seeds: Sequence[int], n_sources: int) -> np.ndarray:
     return bounded_draws(keyed_pcg64_states(np.asarray(seeds, np.uint64), _SOURCE_KEY), n_sources)
 
 
-def source_index(seed: int, n_sources: int) -> int:
-    """``source_indices`` of one seed."""
-    return int(source_indices([seed], n_sources)[0])
-
-
 def spec_json(spec: dict[str, Any]) -> str:
     return json.dumps(spec, sort_keys=True)
