@@ -106,10 +106,24 @@ def keep_freed_memory(keep: bool = True) -> None:
         mallopt(-3, _KEEP_FREED["MALLOC_MMAP_THRESHOLD_"] if keep else 128 << 10)  # M_MMAP_THRESHOLD
 
 
+def _exit_without_teardown() -> None:
+    """A spawned worker's last step: flush its output and leave without the interpreter's
+    teardown. The teardown's full garbage collections over numba's objects took 0.2 s, which
+    the driver's pool waits for at the end of every run (2 % of a 2-process run of 32,768
+    samples); the worker has nothing else to finish: its files are closed, its results sent."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(0)
+
+
 def _init_worker() -> None:
     _die_with_parent()
     single_thread()
     keep_freed_memory()
+    import atexit
+
+    atexit.register(_exit_without_teardown)  # registered last, so it runs first
 
 
 def _run_shard_dask(path: str, shard: int, seeds: list[int]) -> dict[str, Any]:

@@ -179,6 +179,24 @@ def test_workers_keep_freed_memory_for_the_next_shard():
     assert before >= 150 and kept <= 2 and restored >= 150  # 850 kB is 208 pages
 
 
+def test_a_worker_leaves_without_teardown_but_with_its_output():
+    """A pool worker's exit skips the interpreter's teardown (the handlers registered before
+    the worker's, and the garbage collections after them) but still flushes what it wrote."""
+    script = textwrap.dedent(f"""
+        import atexit, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        atexit.register(print, "teardown ran")
+        from pipelines.generate import _init_worker
+        _init_worker()
+        print("buffered line")
+        sys.stderr.write("error line")
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # a pipe: stdout block-buffered
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "buffered line\n" and done.stderr.endswith("error line")
+
+
 def test_verify_passes_then_names_the_corrupted_shard(reference, tmp_path, capsys):
     from pipelines.cli import main
 
