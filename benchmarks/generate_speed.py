@@ -10,13 +10,16 @@
    DataLoader, and whole batches moved by ``BatchLoader`` (steady state: the second epoch of
    persistent workers, rounds alternating cached and on the fly; targets: >= 4,000 samples/s
    at 224 x 224; >= 3x on the fly);
-3. the start-up of a fresh ``fmclip generate`` process (one 256-sample shard).
+3. the start-up of a fresh ``fmclip generate`` process (one 256-sample shard);
+4. each ``--compressor``'s encoding and decoding cost and stored size on samples made from real
+   brain MR, head CT and abdominal MR images, with few and many source images.
 
 Each measure starts after an untimed ``os.sync()``, and each generated store is deleted right
 after it is timed, so no measure pays for the kernel's write-back (30 s later) of files that an
 earlier one wrote; a generation's own write-back to disk is in its figure only for runs over 30 s.
 Source images: axial MNI152 brain slices with their brain masks (shipped in nilearn), in a
-minimal prepared layout. Run: ``.venv/bin/python benchmarks/generate_speed.py --samples 32768 [--rounds 5]``.
+minimal prepared layout. Run: ``.venv/bin/python benchmarks/generate_speed.py --samples 32768 [--rounds 5]
+[--only generate|compressors|loader] [--compressor zstd|lz4|none]``.
 """
 from __future__ import annotations
 
@@ -95,13 +98,14 @@ def settle() -> None:
     os.sync()
 
 
-def gen(data: Path, out: Path, samples: int, shard: int, workers: int, size: int) -> float:
+def gen(data: Path, out: Path, samples: int, shard: int, workers: int, size: int, compressor: str = "zstd") -> float:
     """Seconds to generate a new store (an existing one is deleted first, untimed: it would be
     resumed)."""
     shutil.rmtree(out, ignore_errors=True)
     settle()
     args = argparse.Namespace(data=str(data), support=None, out=str(out), samples=samples, seed=0, size=size,
-                              shard_size=shard, chunk_size=64, dtype="uint8", config=None, workers=workers, dask_local=None,
+                              shard_size=shard, chunk_size=64, dtype="uint8", compressor=compressor, config=None,
+                              workers=workers, dask_local=None,
                               scheduler=None, overwrite=True, no_progress=True)
     t = time.perf_counter()
     generate.generate(args)
@@ -129,14 +133,15 @@ def epoch_rate(loader) -> float:
     return n / (time.perf_counter() - t)
 
 
-def measure_generation(data: Path, tmp: Path, samples: int, shard_size: int, size: int, rounds: int) -> None:
+def measure_generation(data: Path, tmp: Path, samples: int, shard_size: int, size: int, rounds: int,
+                       compressor: str) -> None:
     """Rounds alternate raw synthesis, the stored form without writing, and generation, so
     that a slow spell of this shared machine hits all of them; ratios are medians of the
     per-round ratios."""
     import synth
 
     store = tmp / "c.zarr"
-    gen(data, store, 2 * shard_size, shard_size, 1, size)  # warm numba's cache, make the store
+    gen(data, store, 2 * shard_size, shard_size, 1, size, compressor)  # warm numba's cache, make the store
     seeds = synth.spawn_seeds(0, samples)
     jobs = {s: seeds[s * shard_size:(s + 1) * shard_size] for s in range(samples // shard_size)}
     rates: dict[str, list[float]] = {}
@@ -147,7 +152,7 @@ def measure_generation(data: Path, tmp: Path, samples: int, shard_size: int, siz
                 samples / raw(str(store), jobs, workers, task=stored_form))
             out = tmp / f"g{workers}.zarr"
             rates.setdefault(f"generate to zarr, {workers}p", []).append(
-                samples / gen(data, out, samples, shard_size, workers, size))
+                samples / gen(data, out, samples, shard_size, workers, size, compressor))
             shutil.rmtree(out)  # before the kernel writes it back during the next measure
     for name, values in rates.items():
         print(f"{name:30s} {np.median(values):8.0f} samples/s (rounds: {', '.join(f'{v:.0f}' for v in values)})")
@@ -161,6 +166,72 @@ def measure_generation(data: Path, tmp: Path, samples: int, shard_size: int, siz
         ratio(f"generate to zarr, {w}p", f"stored form, no writing, {w}p", f"generate / stored form, {w}p")
     ratio("generate to zarr, 2p", "generate to zarr, 1p", "generate 2 / 1 processes", "{:.2f}x")
     ratio("raw synthesis, 2p", "raw synthesis, 1p", "raw synthesis 2 / 1 processes", "{:.2f}x")
+
+
+def stored_samples(kind: str, sources: int, size: int, n: int = 256) -> np.ndarray:
+    """``n`` synthetic samples in stored form (uint8), each from one of ``sources`` real images
+    drawn as generation draws them: ``brain`` (MNI152 axial slices with their brain masks,
+    nilearn), ``ct`` (head CT slices) or ``mr`` (an abdominal MR slice, full frame), the last two
+    shipped with pydicom. Few sources recur within a chunk, which a compressor with a long
+    enough window exploits."""
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+
+    import synth
+    from pipelines.sources import source_indices
+
+    if kind == "brain":
+        from pipelines.demo import load_mni_brain
+
+        volume, brain = load_mni_brain()
+        picks = [int(z * volume.shape[0]) for z in np.linspace(0.3, 0.7, sources)]
+        images = [(cv2.resize(volume[z], (size, size), interpolation=cv2.INTER_AREA).clip(0, 1),
+                   cv2.resize(brain[z].astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0)
+                  for z in picks]
+    else:
+        files = {"ct": ["693_J2KI.dcm", "J2K_pixelrep_mismatch.dcm"], "mr": ["examples_overlay.dcm"]}[kind][:sources]
+        images = []
+        for name in files:
+            pixels = dcmread(get_testdata_file(name)).pixel_array.astype(np.float32)
+            low, high = np.percentile(pixels, [0.5, 99.5])
+            images.append((cv2.resize(np.clip((pixels - low) / (high - low), 0, 1), (size, size),
+                                      interpolation=cv2.INTER_AREA).clip(0, 1), None))
+    seeds = synth.spawn_seeds(0, n)
+    out = np.empty((n, size, size), np.uint8)
+    for i, (seed, src) in enumerate(zip(seeds, source_indices(seeds, len(images)).tolist())):
+        image, foreground = images[src]
+        cache.quantize(synth.synthesize(image, rng=seed, foreground=foreground).image, "uint8", out=out[i])
+    return out
+
+
+def measure_compressors(size: int, rounds: int) -> None:
+    """Encoding and decoding cost of each ``--compressor`` per sample and the stored size, on
+    samples made from real images of three kinds with several numbers of source images, in the
+    cache's 64-sample chunks (one process; medians of ``rounds`` passes)."""
+    import numcodecs
+
+    from pipelines.shards import _bytes_to_bytes
+
+    for kind, sources in (("brain", 4), ("brain", 12), ("brain", 48), ("ct", 2), ("mr", 1)):
+        images = stored_samples(kind, sources, size)
+        chunks = [np.ascontiguousarray(images[k:k + 64]).reshape(-1) for k in range(0, len(images), 64)]
+        for name in ("lz4", "zstd"):
+            encode = _bytes_to_bytes([cache.compressor(name, "uint8").to_dict()])[0]
+            decode = (numcodecs.Blosc() if name == "lz4" else numcodecs.Zstd()).decode
+            enc, dec = [], []
+            for _ in range(rounds):
+                t = time.perf_counter()
+                packed = [encode(c) for c in chunks]
+                enc.append(time.perf_counter() - t)
+                rows = np.empty_like(chunks[0])
+                t = time.perf_counter()
+                for p in packed:
+                    decode(p, out=rows)
+                dec.append(time.perf_counter() - t)
+            kb = sum(map(len, packed)) / len(images) / 1024
+            print(f"{kind:5s} ({sources:2d} sources) {name:4s}: encode {np.median(enc) / len(images) * 1e3:.4f} ms, "
+                  f"decode {np.median(dec) / len(images) * 1e3:.4f} ms a sample; {kb:.1f} kB a sample "
+                  f"({images[0].nbytes / 1024:.0f} kB uncompressed)", flush=True)
 
 
 def measure_startup(data: Path, tmp: Path, size: int, rounds: int) -> None:
@@ -183,14 +254,15 @@ def measure_startup(data: Path, tmp: Path, size: int, rounds: int) -> None:
           f"(rounds: {', '.join(f'{t:.2f}' for t in times)})")
 
 
-def measure_loader(data: Path, tmp: Path, samples: int, shard_size: int, size: int, rounds: int) -> None:
+def measure_loader(data: Path, tmp: Path, samples: int, shard_size: int, size: int, rounds: int,
+                   compressor: str) -> None:
     """Per loading mode: a cached and an on-the-fly loader (persistent workers, started and
     warmed by one untimed epoch each), then ``rounds`` rounds timing one epoch of each in
     turn; the ratio is the median of the per-round ratios."""
     from pipelines.loader import CachedDataset, SynthDataset
 
     store = tmp / "loader.zarr"
-    gen(data, store, samples, shard_size, 2, size)
+    gen(data, store, samples, shard_size, 2, size, compressor)
     settle()
     live_data = dict(data=data, samples=min(samples, 4096), seed=0, size=size)
     modes = {"items, DataLoader batch 64": ({}, False),
@@ -216,16 +288,19 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5, help="rounds of each measure")
     p.add_argument("--shard-size", type=int, default=256, help="samples per shard (fmclip generate's default)")
     p.add_argument("--size", type=int, default=224)
-    p.add_argument("--only", choices=("generate", "loader"), default=None, help="run one part")
+    p.add_argument("--compressor", choices=cache.COMPRESSORS, default="zstd", help="of the generated caches")
+    p.add_argument("--only", choices=("generate", "compressors", "loader"), default=None, help="run one part")
     a = p.parse_args()
     cache.single_thread()
     with tempfile.TemporaryDirectory() as tmp:
         data = brain_dataset(Path(tmp) / "brain", a.size)
-        if a.only != "loader":
-            measure_generation(data, Path(tmp), a.samples, a.shard_size, a.size, a.rounds)
+        if a.only in (None, "compressors"):
+            measure_compressors(a.size, a.rounds)
+        if a.only in (None, "generate"):
+            measure_generation(data, Path(tmp), a.samples, a.shard_size, a.size, a.rounds, a.compressor)
             measure_startup(data, Path(tmp), a.size, a.rounds)
-        if a.only != "generate":
-            measure_loader(data, Path(tmp), a.samples, a.shard_size, a.size, a.rounds)
+        if a.only in (None, "loader"):
+            measure_loader(data, Path(tmp), a.samples, a.shard_size, a.size, a.rounds, a.compressor)
 
 
 if __name__ == "__main__":

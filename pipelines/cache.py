@@ -2,8 +2,8 @@
 
 Layout of ``CACHE.zarr`` (a zarr v3 group, N samples, shard size S, image side H)::
 
-    images      (N, H, H) uint8 (or float16)  chunks (C, H, H), shards (S, H, H)
-    masks       (N, H, H) uint8 {0, 1}         chunks (C, H, H), shards (S, H, H)
+    images      (N, H, H) uint8 (or float16)  chunks (C, H, H), shards (S, H, H), zstd (or lz4, none)
+    masks       (N, H, H) uint8 {0, 1}         chunks (C, H, H), shards (S, H, H), as the images
     labels      (N,) uint8                     chunks (S,)   one chunk per shard
     seeds       (N,) uint64                    chunks (S,)
     source_index(N,) int32                     chunks (S,)
@@ -158,22 +158,41 @@ def is_ours(path: Path) -> bool:
     return attrs.get("fmclip", {}).get("format") == FORMAT
 
 
+# The compressors of images and masks (``--compressor``; benchmarks/RESULTS.md, "Compressors").
+# zstd's fast level -3 by default: 5x faster to encode than zarr's default level for files 25 %
+# larger, and its window spans the samples of a chunk, so in few-shot sets, whose few source
+# images recur in every chunk, files are 3-8x smaller than with lz4 at about the same speed. lz4
+# (blosc, its fastest level) encodes twice as fast where sources rarely recur (48 brain slices:
+# 0.015 vs 0.027 ms a sample, 20.5 vs 18.3 kB); none skips compression (49 kB a 224^2 uint8 image).
+COMPRESSORS = ("zstd", "lz4", "none")
+
+
+def compressor(name: str, dtype: str) -> Any:
+    """The zarr codec of ``--compressor name`` for an array of ``dtype`` (None: no compression)."""
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    if name == "lz4":
+        size = np.dtype(dtype).itemsize  # byte shuffle groups the bytes of multi-byte values
+        return BloscCodec(cname="lz4", clevel=1, shuffle="shuffle" if size > 1 else "noshuffle", typesize=size)
+    if name == "zstd":
+        return ZstdCodec(level=-3)
+    if name == "none":
+        return None
+    raise ValueError(f"unknown compressor {name!r}; choose one of {', '.join(COMPRESSORS)}")
+
+
 def create_store(path: str | Path, settings: dict[str, Any], spec: dict[str, Any]) -> None:
     """Create the empty group and arrays; ``_done/`` is made last, so a store killed while
     being created is recognised as such (no ``_done``) and made again."""
     import zarr
-    from zarr.codecs import ZstdCodec
 
     path = Path(path)
     n, size, s, c = settings["samples"], settings["size"], settings["shard_size"], settings["chunk_size"]
     group = zarr.open_group(str(path), mode="w", zarr_format=3, attributes={"fmclip": settings})
     img_dtype = "uint8" if settings["dtype"] == "uint8" else "float16"
-    # zstd's fast level -3: 5x faster to compress than zarr's default level and 4x faster to
-    # decompress, for files 25 % larger (15 vs 12 kB per 224 x 224 uint8 brain slice).
-    fast = ZstdCodec(level=-3)
     for name, dt in (("images", img_dtype), ("masks", "uint8")):
         group.create_array(name, shape=(n, size, size), dtype=dt, chunks=(c, size, size),
-                           shards=(s, size, size), fill_value=0, compressors=fast,
+                           shards=(s, size, size), fill_value=0, compressors=compressor(settings["compressor"], dt),
                            dimension_names=("sample", "y", "x"))
     for name, dt in ARRAYS_1D.items():
         group.create_array(name, shape=(n,), dtype=dt, chunks=(s,), dimension_names=("sample",),
@@ -228,8 +247,10 @@ def single_thread() -> None:
     for var in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = "1"
     import cv2
+    import numcodecs.blosc
 
     cv2.setNumThreads(1)
+    numcodecs.blosc.set_nthreads(1)  # blosc would use every core when called from the main thread
 
 
 def _state(path: str) -> dict[str, Any]:

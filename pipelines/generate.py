@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .cache import (
+    COMPRESSORS,
     FORMAT,
     CacheError,
     mark_done,
@@ -46,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="samples per chunk, the unit of reading (divides --shard-size; default 64, "
                              "the loader's block)")
     parser.add_argument("--dtype", choices=("uint8", "float16"), default="uint8", help="stored image type")
+    parser.add_argument("--compressor", choices=COMPRESSORS, default="zstd",
+                        help="of images and masks: zstd (level -3; smallest, and fast where few source images "
+                             "recur), lz4 (faster to write when sources rarely recur) or none")
     parser.add_argument("--config", default=None, help="SynthesisConfig as JSON (SynthesisConfig.to_dict)")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="local processes")
     backend = parser.add_mutually_exclusive_group()
@@ -69,7 +73,7 @@ def build_settings(args: argparse.Namespace, spec: dict[str, Any]) -> dict[str, 
     return {"format": FORMAT, "engine_version": synth.ENGINE_VERSION, "config": config.to_dict(),
             "seed": int(args.seed), "samples": int(args.samples), "shard_size": int(args.shard_size),
             "chunk_size": min(int(args.chunk_size), int(args.shard_size)),
-            "size": int(args.size), "dtype": args.dtype, "dataset": spec["identity"],
+            "size": int(args.size), "dtype": args.dtype, "compressor": args.compressor, "dataset": spec["identity"],
             "source_selection": "source_index(seed) = default_rng(SeedSequence(seed, spawn_key=(0x5EED,)))"
                                 ".integers(number of sources)"}
 

@@ -4,7 +4,7 @@ and sample ranges of the sharded arrays read straight from those files.
 zarr's write of a 256-sample shard and the re-read of its files for checksums cost a median
 0.18-0.19 ms per sample (fill-value buffers, coroutines and copies per inner chunk), against
 0.09-0.10 ms here, of which compression is 0.03 (benchmarks/RESULTS.md). For the exact codecs
-the cache uses (``bytes``, ``vlen-utf8``, ``zstd`` and ``sharding_indexed`` split along the
+the cache uses (``bytes``, ``vlen-utf8``, ``blosc``, ``zstd`` and ``sharding_indexed`` split along the
 sample axis only, with a ``bytes`` + ``crc32c`` index at the end) this module encodes each
 array's part of a shard with the same numcodecs codecs zarr calls, and writes each file once.
 Any other layout (an array made by another zarr version with other codecs, a partial last
@@ -39,11 +39,23 @@ def _bytes_to_bytes(codecs: list[dict[str, Any]]) -> list[Callable[[bytes], byte
         config = codec.get("configuration", {})
         if codec.get("name") == "zstd" and set(config) <= {"level", "checksum"}:
             out.append(numcodecs.Zstd(level=int(config.get("level", 0)), checksum=bool(config.get("checksum"))).encode)
+        elif codec.get("name") == "blosc" and set(config) == {"cname", "clevel", "shuffle", "typesize", "blocksize"}:
+            out.append(_blosc(config).encode)
         elif codec.get("name") == "crc32c" and not config:
             out.append(_append_crc32c)
         else:
             return None
     return out
+
+
+def _blosc(config: dict[str, Any]) -> Any:
+    """numcodecs' Blosc as zarr's ``BloscCodec`` configures it (typesize from the array's type,
+    not from the bytes it is given)."""
+    import numcodecs
+
+    shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[config["shuffle"]]
+    return numcodecs.Blosc.from_config({"cname": config["cname"], "clevel": int(config["clevel"]), "shuffle": shuffle,
+                                        "blocksize": int(config["blocksize"]), "typesize": int(config["typesize"])})
 
 
 def _append_crc32c(data: bytes) -> bytes:
@@ -241,13 +253,14 @@ class ShardReader:
             return None  # not a layout ShardFiles writes, or not sharded
         config = codecs[0]["configuration"]
         names = [c.get("name") for c in config["codecs"]]
-        if names not in (["bytes"], ["bytes", "zstd"]) or [c.get("name") for c in config["index_codecs"]] != ["bytes", "crc32c"]:
+        if (names not in (["bytes"], ["bytes", "zstd"], ["bytes", "blosc"])
+                or [c.get("name") for c in config["index_codecs"]] != ["bytes", "crc32c"]):
             return None
         decode = None
-        if names[-1] == "zstd":
+        if names[-1] != "bytes":  # both decoders read their parameters from the chunk's header
             import numcodecs
 
-            decode = numcodecs.Zstd().decode
+            decode = (numcodecs.Zstd() if names[-1] == "zstd" else numcodecs.Blosc()).decode
         shard_size = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
         dtype = np.dtype(meta["data_type"]).newbyteorder("<")
         return cls(Path(path) / name, shard_size, int(config["chunk_shape"][0]), tuple(meta["shape"][1:]), dtype,

@@ -55,12 +55,16 @@ def test_two_workers_and_dask_write_the_same_arrays(images, reference, tmp_path)
         assert file_checksums(reference, shard) == file_checksums(tmp_path / "dask.zarr", shard)
 
 
-@pytest.mark.parametrize("dtype", ["uint8", "float16"])
-def test_direct_shard_writer_writes_the_bytes_zarr_writes(images, tmp_path, dtype):
+@pytest.mark.parametrize(("dtype", "compressor"), [("uint8", "lz4"), ("float16", "lz4"), ("uint8", "zstd"),
+                                                   ("float16", "zstd"), ("uint8", "none")])
+def test_direct_shard_writer_writes_the_bytes_zarr_writes(images, tmp_path, dtype, compressor):
     """Shards are written by ShardFiles, not zarr: its files must be zarr's, byte for byte
     (zarr rewriting the same data is the reference), and a partial shard is left to zarr."""
     out = tmp_path / "c.zarr"
-    assert gen(images, out, "--workers", "1", "--dtype", dtype, samples=20) == 0  # shards of 8, 8 and 4
+    assert gen(images, out, "--workers", "1", "--dtype", dtype, "--compressor", compressor, samples=20) == 0
+    expected = {"lz4": "blosc", "zstd": "zstd", "none": None}[compressor]
+    codecs = [c.to_dict()["name"] for c in zarr.open_array(str(out / "images"), mode="r").compressors]
+    assert codecs == ([expected] if expected else []) and len(list((out / "images" / "c").iterdir())) == 3
     names = ["images", "masks", *ARRAYS_1D]
     writer = ShardFiles.open(out, names)
     assert writer is not None, "the cache's own layout must take the direct path"

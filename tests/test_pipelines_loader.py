@@ -190,12 +190,13 @@ def test_on_the_fly_dataset_equals_the_cache(images, reference):
                                                           list(range(8, 12)), list(range(20, 24))]
 
 
-@pytest.mark.parametrize("dtype", ["uint8", "float16"])
-def test_shard_reader_reads_what_zarr_reads(images, tmp_path, dtype):
+@pytest.mark.parametrize(("dtype", "compressor"), [("uint8", "lz4"), ("float16", "lz4"), ("uint8", "zstd"),
+                                                   ("uint8", "none")])
+def test_shard_reader_reads_what_zarr_reads(images, tmp_path, dtype, compressor):
     """The loader reads images and masks straight from the shard files: random ranges, across
     shard and chunk edges and into the partial last shard (written by zarr), equal zarr's read."""
     out = tmp_path / "c.zarr"
-    assert gen(images, out, "--workers", "1", "--dtype", dtype, samples=22) == 0  # shards of 8, 8 and 6
+    assert gen(images, out, "--workers", "1", "--dtype", dtype, "--compressor", compressor, samples=22) == 0
     group = zarr.open_group(str(out), mode="r")
     rng = np.random.default_rng(0)
     for name in ("images", "masks"):
