@@ -26,11 +26,13 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -241,16 +243,48 @@ _STATE: dict[str, Any] = {}
 _BUFFERS = threading.local()  # per thread: a Dask worker may run several shards at once
 
 
-def single_thread() -> None:
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def single_thread() -> tuple[dict[str, str | None], int, int]:
     """One thread per worker process: parallelism is across processes, and idle OpenMP or
-    numba threads would spin against the serial kernels."""
-    for var in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = "1"
+    numba threads would spin against the serial kernels. Returns what it replaced, for
+    ``single_threaded``."""
+    saved = {var: os.environ.get(var) for var in _THREAD_VARIABLES}
+    for var in _THREAD_VARIABLES:
+        os.environ[var] = "1"  # read by the libraries of the processes spawned from here
     import cv2
     import numcodecs.blosc
 
+    opencv = cv2.getNumThreads()
     cv2.setNumThreads(1)
-    numcodecs.blosc.set_nthreads(1)  # blosc would use every core when called from the main thread
+    blosc = numcodecs.blosc.set_nthreads(1)  # blosc would use every core when called from the main thread
+    return saved, opencv, blosc
+
+
+def restore_environ(saved: dict[str, str | None]) -> None:
+    """Put environment variables back as ``saved`` holds them (None: unset)."""
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@contextlib.contextmanager
+def single_threaded() -> Iterator[None]:
+    """``single_thread`` for the time of a block, then this process's settings back: the process
+    that makes shards beside its workers may be the user's own."""
+    saved, opencv, blosc = single_thread()
+    try:
+        yield
+    finally:
+        import cv2
+        import numcodecs.blosc
+
+        restore_environ(saved)
+        cv2.setNumThreads(opencv)
+        numcodecs.blosc.set_nthreads(blosc)
 
 
 def _state(path: str) -> dict[str, Any]:

@@ -28,8 +28,10 @@ from .cache import (
     mark_done,
     n_shards,
     prepare_store,
+    restore_environ,
     shard_range,
     single_thread,
+    single_threaded,
     write_shard,
 )
 from .sources import DataError, source_spec
@@ -147,12 +149,12 @@ def _local(path: str, jobs: dict[int, list[int]], workers: int,
     """``task(path, shard, seeds)`` of every job on ``workers`` local processes, results as they
     come. This process is one of them: the ``workers - 1`` spawned ones take about 1 s each to
     start (imports, numba's cached kernels), and it makes shards meanwhile instead of waiting."""
-    single_thread()
     keep_freed_memory()
     try:
-        yield from _run_local(path, deque(jobs.items()), workers, task)
+        with single_threaded():  # this process may be the user's own: its settings come back
+            yield from _run_local(path, deque(jobs.items()), workers, task)
     finally:
-        keep_freed_memory(False)  # this process may be the user's own
+        keep_freed_memory(False)
 
 
 def _run_local(path: str, todo: deque, workers: int, task: Callable[[str, int, list[int]], Any]) -> Iterator[Any]:
@@ -195,7 +197,7 @@ def _dask(path: str, jobs: dict[int, list[int]], local: int | None, address: str
             # join keeps its own settings. The nannies set them in this process's environment
             # too, where they are put back as they were afterwards.
             saved = {k: os.environ.get(k) for k in _KEEP_FREED}
-            stack.callback(_restore_environ, saved)
+            stack.callback(restore_environ, saved)
             environ = {f"distributed.nanny.pre-spawn-environ.{k}": str(v) for k, v in _KEEP_FREED.items()}
             stack.enter_context(dask.config.set(environ))
             cluster = stack.enter_context(LocalCluster(n_workers=local, threads_per_worker=1, processes=True,
@@ -208,14 +210,6 @@ def _dask(path: str, jobs: dict[int, list[int]], local: int | None, address: str
                                  key=f"fmclip-shard-{shard}-{os.getpid()}") for shard, seeds in jobs.items()]
         for future in as_completed(futures):
             yield future.result()
-
-
-def _restore_environ(saved: dict[str, str | None]) -> None:
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 @contextlib.contextmanager

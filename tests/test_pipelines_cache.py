@@ -196,6 +196,26 @@ def test_workers_keep_freed_memory_for_the_next_shard():
     assert batch_after <= batch_defaults + 2  # 3,136 pages if mapped afresh each time
 
 
+def test_a_local_run_gives_the_calling_process_its_thread_settings_back(images, tmp_path, monkeypatch):
+    """The command's own process makes shards single-threaded beside its workers; it may be the
+    user's process, so OpenCV's and blosc's thread counts and the thread variables come back."""
+    import cv2
+    import numcodecs.blosc
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    opencv, blosc = cv2.getNumThreads(), numcodecs.blosc.get_nthreads()
+    cv2.setNumThreads(2)
+    numcodecs.blosc.set_nthreads(2)
+    try:
+        assert gen(images, tmp_path / "c.zarr", "--workers", "1", samples=8) == 0
+        assert os.environ["OMP_NUM_THREADS"] == "3" and "OPENBLAS_NUM_THREADS" not in os.environ
+        assert cv2.getNumThreads() == 2 and numcodecs.blosc.get_nthreads() == 2
+    finally:
+        cv2.setNumThreads(opencv)
+        numcodecs.blosc.set_nthreads(blosc)
+
+
 def test_a_worker_leaves_without_teardown_but_with_its_output():
     """A pool worker's exit skips the interpreter's teardown (the handlers registered before
     the worker's, and the garbage collections after them) but still flushes what it wrote."""
