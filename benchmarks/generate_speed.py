@@ -40,19 +40,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipelines import cache, generate  # noqa: E402
 
 
-def brain_dataset(folder: Path, size: int, count: int = 12) -> Path:
+def brain_slices(size: int, count: int, span: tuple[float, float] = (0.35, 0.7)) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``count`` axial MNI152 slices evenly over ``span`` of the volume's depth, at ``size`` x
+    ``size``: (image in [0, 1] float32, brain mask bool)."""
     from pipelines.demo import load_mni_brain
 
     volume, brain = load_mni_brain()
+    picks = [int(z * volume.shape[0]) for z in np.linspace(*span, count)]
+    return [(cv2.resize(volume[z], (size, size), interpolation=cv2.INTER_AREA).clip(0, 1),
+             cv2.resize(brain[z].astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0) for z in picks]
+
+
+def brain_dataset(folder: Path, size: int, count: int = 12) -> Path:
     (folder / "images").mkdir(parents=True)
     (folder / "foreground").mkdir()
     lines = []
-    for k, z in enumerate(np.linspace(0.35, 0.7, count)):
-        zi = int(z * volume.shape[0])
-        img = cv2.resize(volume[zi], (size, size), interpolation=cv2.INTER_AREA).clip(0, 1)
-        fg = cv2.resize(brain[zi].astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST)
+    for k, (img, fg) in enumerate(brain_slices(size, count)):
         cv2.imwrite(str(folder / "images" / f"s{k}.png"), (img * 65535).astype(np.uint16))
-        cv2.imwrite(str(folder / "foreground" / f"s{k}.png"), fg * 255)
+        cv2.imwrite(str(folder / "foreground" / f"s{k}.png"), fg.astype(np.uint8) * 255)
         lines.append(json.dumps({"id": f"s{k}", "split": "train", "label": 0, "image": f"images/s{k}.png",
                                  "foreground": f"foreground/s{k}.png", "mask": None, "sha256": str(k)}))
     (folder / "index.jsonl").write_text("\n".join(lines) + "\n")
@@ -181,13 +186,7 @@ def stored_samples(kind: str, sources: int, size: int, n: int = 256) -> np.ndarr
     from pipelines.sources import source_indices
 
     if kind == "brain":
-        from pipelines.demo import load_mni_brain
-
-        volume, brain = load_mni_brain()
-        picks = [int(z * volume.shape[0]) for z in np.linspace(0.3, 0.7, sources)]
-        images = [(cv2.resize(volume[z], (size, size), interpolation=cv2.INTER_AREA).clip(0, 1),
-                   cv2.resize(brain[z].astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0)
-                  for z in picks]
+        images = brain_slices(size, sources, (0.3, 0.7))
     else:
         files = {"ct": ["693_J2KI.dcm", "J2K_pixelrep_mismatch.dcm"], "mr": ["examples_overlay.dcm"]}[kind][:sources]
         images = []
@@ -208,16 +207,14 @@ def measure_compressors(size: int, rounds: int) -> None:
     """Encoding and decoding cost of each ``--compressor`` per sample and the stored size, on
     samples made from real images of three kinds with several numbers of source images, in the
     cache's 64-sample chunks (one process; medians of ``rounds`` passes)."""
-    import numcodecs
-
-    from pipelines.shards import _bytes_to_bytes
+    from pipelines.shards import _bytes_to_bytes, chunk_decoder
 
     for kind, sources in (("brain", 4), ("brain", 12), ("brain", 48), ("ct", 2), ("mr", 1)):
         images = stored_samples(kind, sources, size)
         chunks = [np.ascontiguousarray(images[k:k + 64]).reshape(-1) for k in range(0, len(images), 64)]
         for name in ("lz4", "zstd"):
-            encode = _bytes_to_bytes([cache.compressor(name, "uint8").to_dict()])[0]
-            decode = (numcodecs.Blosc() if name == "lz4" else numcodecs.Zstd()).decode
+            codec = cache.compressor(name, "uint8").to_dict()
+            encode, decode = _bytes_to_bytes([codec])[0], chunk_decoder(codec["name"])
             enc, dec = [], []
             for _ in range(rounds):
                 t = time.perf_counter()

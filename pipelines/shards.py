@@ -58,6 +58,14 @@ def _blosc(config: dict[str, Any]) -> Any:
                                         "blocksize": int(config["blocksize"]), "typesize": int(config["typesize"])})
 
 
+def chunk_decoder(name: str) -> Callable[..., Any]:
+    """``decode(data, out=None)`` of the cache's compressor named ``name`` in zarr metadata
+    (``zstd`` or ``blosc``); both read their parameters from the chunk's own header."""
+    import numcodecs
+
+    return {"zstd": numcodecs.Zstd, "blosc": numcodecs.Blosc}[name]().decode
+
+
 def _append_crc32c(data: bytes) -> bytes:
     data = bytes(data)
     return data + crc32c_value([data]).to_bytes(4, "little")
@@ -256,11 +264,7 @@ class ShardReader:
         if (names not in (["bytes"], ["bytes", "zstd"], ["bytes", "blosc"])
                 or [c.get("name") for c in config["index_codecs"]] != ["bytes", "crc32c"]):
             return None
-        decode = None
-        if names[-1] != "bytes":  # both decoders read their parameters from the chunk's header
-            import numcodecs
-
-            decode = (numcodecs.Zstd() if names[-1] == "zstd" else numcodecs.Blosc()).decode
+        decode = chunk_decoder(names[-1]) if names[-1] != "bytes" else None
         shard_size = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
         dtype = np.dtype(meta["data_type"]).newbyteorder("<")
         return cls(Path(path) / name, shard_size, int(config["chunk_shape"][0]), tuple(meta["shape"][1:]), dtype,
