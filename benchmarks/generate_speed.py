@@ -207,14 +207,18 @@ def measure_compressors(size: int, rounds: int) -> None:
     """Encoding and decoding cost of each ``--compressor`` per sample and the stored size, on
     samples made from real images of three kinds with several numbers of source images, in the
     cache's 64-sample chunks (one process; medians of ``rounds`` passes)."""
+    from zarr.codecs import ZstdCodec
+
     from pipelines.shards import _bytes_to_bytes, chunk_decoder
 
     for kind, sources in (("brain", 4), ("brain", 12), ("brain", 48), ("ct", 2), ("mr", 1)):
         images = stored_samples(kind, sources, size)
         chunks = [np.ascontiguousarray(images[k:k + 64]).reshape(-1) for k in range(0, len(images), 64)]
-        for name in ("lz4", "zstd"):
-            codec = cache.compressor(name, "uint8").to_dict()
-            encode, decode = _bytes_to_bytes([codec])[0], chunk_decoder(codec["name"])
+        # zarr's own zstd -3 (this cache's default until session 10) beside the cache's encoders
+        for name in ("lz4", "zstd", "zarr's zstd -3"):
+            codec = (ZstdCodec(level=-3) if name.startswith("zarr") else cache.compressor(name, "uint8")).to_dict()
+            whole_chunks = not name.startswith("zarr")
+            encode, decode = _bytes_to_bytes([codec], whole_chunks)[0], chunk_decoder(codec["name"])
             enc, dec = [], []
             for _ in range(rounds):
                 t = time.perf_counter()
@@ -226,7 +230,7 @@ def measure_compressors(size: int, rounds: int) -> None:
                     decode(p, out=rows)
                 dec.append(time.perf_counter() - t)
             kb = sum(map(len, packed)) / len(images) / 1024
-            print(f"{kind:5s} ({sources:2d} sources) {name:4s}: encode {np.median(enc) / len(images) * 1e3:.4f} ms, "
+            print(f"{kind:5s} ({sources:2d} sources) {name:14s}: encode {np.median(enc) / len(images) * 1e3:.4f} ms, "
                   f"decode {np.median(dec) / len(images) * 1e3:.4f} ms a sample; {kb:.1f} kB a sample "
                   f"({images[0].nbytes / 1024:.0f} kB uncompressed)", flush=True)
 

@@ -161,11 +161,11 @@ def is_ours(path: Path) -> bool:
 
 
 # The compressors of images and masks (``--compressor``; benchmarks/RESULTS.md, "Compressors").
-# zstd's fast level -3 by default: 5x faster to encode than zarr's default level for files 25 %
-# larger, and its window spans the samples of a chunk, so in few-shot sets, whose few source
-# images recur in every chunk, files are 3-8x smaller than with lz4 at about the same speed. lz4
-# (blosc, its fastest level) encodes twice as fast where sources rarely recur (48 brain slices:
-# 0.015 vs 0.027 ms a sample, 20.5 vs 18.3 kB); none skips compression (49 kB a 224^2 uint8 image).
+# zstd's fast level -7 by default, its frames spanning a chunk (``shards.ZSTD_CHUNKS``): a
+# chunk's samples come from few source images, which recur in it, so the files are 2-6x smaller
+# than lz4's where few sources recur (few-shot sets) and as small where many do, encoded at
+# about the same speed. lz4 (blosc, its fastest level) is kept as an option; none skips
+# compression (49 kB a 224^2 uint8 image).
 COMPRESSORS = ("zstd", "lz4", "none")
 
 
@@ -177,7 +177,7 @@ def compressor(name: str, dtype: str) -> Any:
         size = np.dtype(dtype).itemsize  # byte shuffle groups the bytes of multi-byte values
         return BloscCodec(cname="lz4", clevel=1, shuffle="shuffle" if size > 1 else "noshuffle", typesize=size)
     if name == "zstd":
-        return ZstdCodec(level=-3)
+        return ZstdCodec(level=-7)
     if name == "none":
         return None
     raise ValueError(f"unknown compressor {name!r}; choose one of {', '.join(COMPRESSORS)}")

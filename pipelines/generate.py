@@ -34,6 +34,7 @@ from .cache import (
     single_threaded,
     write_shard,
 )
+from .shards import ZSTD_CHUNKS
 from .sources import DataError, source_spec
 
 
@@ -50,8 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the loader's block)")
     parser.add_argument("--dtype", choices=("uint8", "float16"), default="uint8", help="stored image type")
     parser.add_argument("--compressor", choices=COMPRESSORS, default="zstd",
-                        help="of images and masks: zstd (level -3; smallest, and fast where few source images "
-                             "recur), lz4 (faster to write when sources rarely recur) or none")
+                        help="of images and masks: zstd (level -7, a window over each chunk: smallest, and about as "
+                             "fast as lz4), lz4 or none")
     parser.add_argument("--config", default=None, help="SynthesisConfig as JSON (SynthesisConfig.to_dict)")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="local processes")
     backend = parser.add_mutually_exclusive_group()
@@ -75,7 +76,8 @@ def build_settings(args: argparse.Namespace, spec: dict[str, Any]) -> dict[str, 
     return {"format": FORMAT, "engine_version": synth.ENGINE_VERSION, "config": config.to_dict(),
             "seed": int(args.seed), "samples": int(args.samples), "shard_size": int(args.shard_size),
             "chunk_size": min(int(args.chunk_size), int(args.shard_size)),
-            "size": int(args.size), "dtype": args.dtype, "compressor": args.compressor, "dataset": spec["identity"],
+            "size": int(args.size), "dtype": args.dtype, "compressor": args.compressor,
+            **({"zstd_chunks": ZSTD_CHUNKS} if args.compressor == "zstd" else {}), "dataset": spec["identity"],
             "source_selection": "source_index(seed) = default_rng(SeedSequence(seed, spawn_key=(0x5EED,)))"
                                 ".integers(number of sources)"}
 
