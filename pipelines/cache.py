@@ -187,6 +187,7 @@ def create_store(path: str | Path, settings: dict[str, Any], spec: dict[str, Any
     """Create the empty group and arrays; ``_done/`` is made last, so a store killed while
     being created is recognised as such (no ``_done``) and made again."""
     import zarr
+    from zarr.codecs import ZstdCodec
 
     path = Path(path)
     n, size, s, c = settings["samples"], settings["size"], settings["shard_size"], settings["chunk_size"]
@@ -196,9 +197,11 @@ def create_store(path: str | Path, settings: dict[str, Any], spec: dict[str, Any
         group.create_array(name, shape=(n, size, size), dtype=dt, chunks=(c, size, size),
                            shards=(s, size, size), fill_value=0, compressors=compressor(settings["compressor"], dt),
                            dimension_names=("sample", "y", "x"))
+    # zstd level 1, not zarr's default (3): the records' JSON, most of these bytes, is encoded 2.5x
+    # faster into 11 % less (a shard's 137 kB: 0.51 against 0.20 ms, 40 against 36 kB).
     for name, dt in ARRAYS_1D.items():
         group.create_array(name, shape=(n,), dtype=dt, chunks=(s,), dimension_names=("sample",),
-                           fill_value="" if dt is str else 0)
+                           fill_value="" if dt is str else 0, compressors=ZstdCodec(level=1))
     atomic_write_text(path / "sources.json", json.dumps(spec))
     (path / DONE).mkdir()
 
