@@ -1,5 +1,6 @@
 """The public face: layouts, types, seeds, replay, batches and bad input."""
 import json
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -152,6 +153,11 @@ def test_record_round_trips_and_is_read_only():
         assert list(json.loads(text)) == sorted(rec.to_dict())
     with pytest.raises(TypeError):
         record.params["lesions"][0]["beta"] = 0.5
+    for change in (lambda p: p.update(x=1), lambda p: p.pop("lesions"), lambda p: p.setdefault("x", 1),
+                   lambda p: p.clear(), lambda p: p.__delitem__("lesions"), lambda p: p.popitem()):
+        with pytest.raises(TypeError):
+            change(record.params)
+    assert "lesions" in record.params and pickle.loads(pickle.dumps(record)) == record  # e.g. to DataLoader workers
 
 
 @pytest.mark.parametrize("fast", [True, False])
