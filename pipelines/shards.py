@@ -24,12 +24,15 @@ import json
 import os
 import threading
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 Encoder = Callable[[np.ndarray], list[bytes]]  # the file's bytes, in parts (no joined copy)
+# An array's encoder, the file of shard k relative to the array's folder, samples per shard.
+ArrayWriter = tuple[Encoder, Callable[[int], str], int]
 
 # How sharded chunks are zstd-encoded, beyond the level in the array's metadata. A chunk's
 # samples are made from a few source images, so most of each sample recurs in an earlier sample
@@ -40,22 +43,17 @@ Encoder = Callable[[np.ndarray], list[bytes]]  # the file's bytes, in parts (no 
 # 9-63 % smaller and encoding 3-41 % faster (benchmarks/RESULTS.md, Cache, session 10).
 # Part of the settings a store is resumed under, since it decides the bytes.
 ZSTD_CHUNKS = {"window": "the whole chunk", "hash_log": 15}
-# An array's encoder, the file of shard k relative to the array's folder, samples per shard.
-ArrayWriter = tuple[Encoder, Callable[[int], str], int]
 
 
 def _bytes_to_bytes(codecs: list[dict[str, Any]], whole_chunks: bool = False) -> list[Callable[[bytes], bytes]] | None:
     """The encoders of a list of bytes-to-bytes codecs; zstd with ``ZSTD_CHUNKS`` when
     ``whole_chunks`` (the inner chunks of a shard), as numcodecs encodes it otherwise."""
-    import numcodecs
-
     out: list[Callable[[bytes], bytes]] = []
     for codec in codecs:
         config = codec.get("configuration", {})
         if codec.get("name") == "zstd" and set(config) <= {"level", "checksum"}:
             level, checksum = int(config.get("level", 0)), bool(config.get("checksum"))
-            out.append(_zstd_whole_chunk(level, checksum) if whole_chunks
-                       else numcodecs.Zstd(level=level, checksum=checksum).encode)
+            out.append(_zstd(level, checksum, whole_chunks))
         elif codec.get("name") == "blosc" and set(config) == {"cname", "clevel", "shuffle", "typesize", "blocksize"}:
             out.append(_blosc(config).encode)
         elif codec.get("name") == "crc32c" and not config:
@@ -65,21 +63,27 @@ def _bytes_to_bytes(codecs: list[dict[str, Any]], whole_chunks: bool = False) ->
     return out
 
 
-def _zstd_whole_chunk(level: int, checksum: bool) -> Callable[[Any], bytes]:
-    """zstd at ``level`` with ``ZSTD_CHUNKS``'s window and table; one compressor per thread
-    (a Dask worker may write several shards at once)."""
+def _zstd(level: int, checksum: bool, whole_chunk: bool) -> Callable[[Any], bytes]:
+    """zstd at ``level``, with ``ZSTD_CHUNKS``'s window and table for a shard's inner chunks
+    and otherwise as numcodecs encodes (the same bytes: same parameters, frame flags). One
+    compressor per thread, reused (a Dask worker may write several shards at once): numcodecs
+    makes a context per call, 10-60 us for each of a shard's small arrays."""
     import zstandard
 
-    # zstd shrinks a window of 2**27 to the chunk's size (the frame header says the chunk's
-    # size); 2**27 is the most that decoders accept by default.
-    params = zstandard.ZstdCompressionParameters.from_level(level, window_log=27, hash_log=ZSTD_CHUNKS["hash_log"],
-                                                            write_checksum=int(checksum), write_content_size=1)
+    if whole_chunk:
+        # zstd shrinks a window of 2**27 to the chunk's size (the frame header says the chunk's
+        # size); 2**27 is the most that decoders accept by default.
+        params = zstandard.ZstdCompressionParameters.from_level(
+            level, window_log=27, hash_log=ZSTD_CHUNKS["hash_log"], write_checksum=int(checksum), write_content_size=1)
+        make = partial(zstandard.ZstdCompressor, compression_params=params)
+    else:
+        make = partial(zstandard.ZstdCompressor, level=level, write_checksum=checksum, write_content_size=True)
     local = threading.local()
 
     def encode(data: Any) -> bytes:
         compressor = getattr(local, "compressor", None)
         if compressor is None:
-            compressor = local.compressor = zstandard.ZstdCompressor(compression_params=params)
+            compressor = local.compressor = make()
         return compressor.compress(data)
 
     return encode
