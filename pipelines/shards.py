@@ -9,9 +9,9 @@ sample axis only, with a ``bytes`` + ``crc32c`` index at the end) this module en
 array's part of a shard with the same numcodecs codecs zarr calls, and writes each file once.
 Any other layout (an array made by another zarr version with other codecs, a partial last
 shard) returns None and is written by zarr itself; tests compare both writers' files byte for
-byte. One exception: the zstd frames of sharded chunks (images, masks) are encoded with a
-window over the whole chunk (``ZSTD_CHUNKS``), which zarr cannot ask for; any zstd decoder,
-zarr's included, reads them (tested).
+byte, except zstd frames: python-zstandard encodes them with a reused context, and those of
+sharded chunks (images, masks) with a window over the whole chunk (``ZSTD_CHUNKS``), which
+zarr cannot ask for; any zstd decoder, zarr's included, reads them (tested).
 
 Reading goes the same way round for the sharded arrays (images, masks): zarr's read of a
 batch's rows cost about 0.07 ms per sample, five times the decompression itself.
@@ -65,7 +65,8 @@ def _bytes_to_bytes(codecs: list[dict[str, Any]], whole_chunks: bool = False) ->
 
 def _zstd(level: int, checksum: bool, whole_chunk: bool) -> Callable[[Any], bytes]:
     """zstd at ``level``, with ``ZSTD_CHUNKS``'s window and table for a shard's inner chunks
-    and otherwise as numcodecs encodes (the same bytes: same parameters, frame flags). One
+    and otherwise with numcodecs' parameters and frame flags (the same bytes where both bundle
+    the same zstd version; 1.5.7 and 1.5.6 agree on the cache's small arrays). One
     compressor per thread, reused (a Dask worker may write several shards at once): numcodecs
     makes a context per call, 10-60 us for each of a shard's small arrays."""
     import zstandard
