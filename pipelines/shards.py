@@ -36,7 +36,7 @@ ArrayWriter = tuple[Encoder, Callable[[int], str], int]
 
 # How sharded chunks are zstd-encoded, beyond the level in the array's metadata. A chunk's
 # samples are made from a few source images, so most of each sample recurs in an earlier sample
-# of its chunk, further back than zstd's fast levels look (a 512 kB window and a 4,096-entry
+# of its chunk, further back than zstd's fast levels look (a 512 kB window and an 8,192-entry
 # table for a 3.2 MB chunk). A window over the whole chunk and a 2**15-entry table find those
 # repeats. With level -7, against zarr's own encoding at level -3 (the cache's default before),
 # over brain MR, head CT, abdominal MR, speckle and smooth images from 1 to 128 sources: files
