@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from .kernels import binarize_into, to_uint8_into
-from .shards import ShardFiles, atomic_write, crc32c
+from .shards import ZSTD_CHUNKS, ShardFiles, atomic_write, crc32c
 
 FORMAT = "fmclip-cache/1"
 ARRAYS_2D = ("images", "masks")
@@ -177,7 +177,7 @@ def compressor(name: str, dtype: str) -> Any:
         size = np.dtype(dtype).itemsize  # byte shuffle groups the bytes of multi-byte values
         return BloscCodec(cname="lz4", clevel=1, shuffle="shuffle" if size > 1 else "noshuffle", typesize=size)
     if name == "zstd":
-        return ZstdCodec(level=-7)
+        return ZstdCodec(level=ZSTD_CHUNKS["level"])
     if name == "none":
         return None
     raise ValueError(f"unknown compressor {name!r}; choose one of {', '.join(COMPRESSORS)}")
@@ -246,15 +246,16 @@ _STATE: dict[str, Any] = {}
 _BUFFERS = threading.local()  # per thread: a Dask worker may run several shards at once
 
 
-_THREAD_VARIABLES = ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+# The variables that set a process's OpenMP, numba, MKL and OpenBLAS threads.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 def single_thread() -> tuple[dict[str, str | None], int, int]:
     """One thread per worker process: parallelism is across processes, and idle OpenMP or
     numba threads would spin against the serial kernels. Returns what it replaced, for
     ``single_threaded``."""
-    saved = {var: os.environ.get(var) for var in _THREAD_VARIABLES}
-    for var in _THREAD_VARIABLES:
+    saved = {var: os.environ.get(var) for var in THREAD_VARIABLES}
+    for var in THREAD_VARIABLES:
         os.environ[var] = "1"  # read by the libraries of the processes spawned from here
     import cv2
     import numcodecs.blosc

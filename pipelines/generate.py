@@ -24,6 +24,7 @@ from typing import Any
 from .cache import (
     COMPRESSORS,
     FORMAT,
+    THREAD_VARIABLES,
     CacheError,
     mark_done,
     n_shards,
@@ -192,7 +193,7 @@ def _dask(path: str, jobs: dict[int, list[int]], local: int | None, address: str
     import dask
     from distributed import Client, LocalCluster, as_completed
 
-    threads = {v: "1" for v in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    threads = dict.fromkeys(THREAD_VARIABLES, "1")
     with contextlib.ExitStack() as stack:
         if local is not None:
             # Set before its nannies spawn the workers (glibc reads them at start); a cluster we

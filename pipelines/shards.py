@@ -34,15 +34,16 @@ Encoder = Callable[[np.ndarray], list[bytes]]  # the file's bytes, in parts (no 
 # An array's encoder, the file of shard k relative to the array's folder, samples per shard.
 ArrayWriter = tuple[Encoder, Callable[[int], str], int]
 
-# How sharded chunks are zstd-encoded, beyond the level in the array's metadata. A chunk's
-# samples are made from a few source images, so most of each sample recurs in an earlier sample
-# of its chunk, further back than zstd's fast levels look (a 512 kB window and an 8,192-entry
-# table for a 3.2 MB chunk). A window over the whole chunk and a 2**15-entry table find those
-# repeats. With level -7, against zarr's own encoding at level -3 (the cache's default before),
-# over brain MR, head CT, abdominal MR, speckle and smooth images from 1 to 128 sources: files
-# 9-63 % smaller and encoding 3-41 % faster (benchmarks/RESULTS.md, Cache, session 10).
-# Part of the settings a store is resumed under, since it decides the bytes.
-ZSTD_CHUNKS = {"window": "the whole chunk", "hash_log": 15}
+# How sharded chunks are zstd-encoded: the level (the array's metadata carries it, and the
+# encoder reads it there) and what zarr's codec cannot ask for. A chunk's samples are made from
+# a few source images, so most of each sample recurs in an earlier sample of its chunk, further
+# back than zstd's fast levels look (a 512 kB window and an 8,192-entry table for a 3.2 MB
+# chunk). A window over the whole chunk and a 2**15-entry table find those repeats. With level
+# -7, against zarr's own encoding at level -3 (the cache's default before), over brain MR, head
+# CT, abdominal MR, speckle and smooth images from 1 to 128 sources: files 9-63 % smaller and
+# encoding 3-41 % faster (benchmarks/RESULTS.md, Cache, session 10). Part of the settings a
+# store is resumed under, since it decides the bytes.
+ZSTD_CHUNKS = {"level": -7, "window": "the whole chunk", "hash_log": 15}
 
 
 def _bytes_to_bytes(codecs: list[dict[str, Any]], whole_chunks: bool = False) -> list[Callable[[bytes], bytes]] | None:
@@ -63,7 +64,7 @@ def _bytes_to_bytes(codecs: list[dict[str, Any]], whole_chunks: bool = False) ->
     return out
 
 
-def _zstd(level: int, checksum: bool, whole_chunk: bool) -> Callable[[Any], bytes]:
+def _zstd(level: int, checksum: bool, whole_chunks: bool) -> Callable[[Any], bytes]:
     """zstd at ``level``, with ``ZSTD_CHUNKS``'s window and table for a shard's inner chunks
     and otherwise with numcodecs' parameters and frame flags (the same bytes where both bundle
     the same zstd version; 1.5.7 and 1.5.6 agree on the cache's small arrays). One
@@ -71,7 +72,7 @@ def _zstd(level: int, checksum: bool, whole_chunk: bool) -> Callable[[Any], byte
     makes a context per call, 10-60 us for each of a shard's small arrays."""
     import zstandard
 
-    if whole_chunk:
+    if whole_chunks:
         # zstd shrinks a window of 2**27 to the chunk's size (the frame header says the chunk's
         # size); 2**27 is the most that decoders accept by default.
         params = zstandard.ZstdCompressionParameters.from_level(
