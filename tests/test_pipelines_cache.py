@@ -297,6 +297,14 @@ def test_stored_form_kernels_equal_numpy():
         mask = (rng.random((224, 224)) < density).astype(np.float32)
         row = np.empty((224, 224), np.uint8)
         assert binarize_into(mask, row) == bool(density) and np.array_equal(row, mask > 0.5)
+    # The label is read eight bytes at a time, then the rest: a single set pixel anywhere counts.
+    for shape in ((7, 9), (1, 1), (3, 8)):
+        for where in (None, 0, 7, -1):
+            mask = np.zeros(shape, np.float32)
+            if where is not None and abs(where) < mask.size:
+                mask.reshape(-1)[where] = 1.0
+            row = np.full(shape, 9, np.uint8)
+            assert binarize_into(mask, row) == bool(mask.any()) and np.array_equal(row, mask > 0.5), (shape, where)
 
 
 @pytest.mark.parametrize("n_sources", [1, 2, 12, 1000, 2**31 + 11, 3 * 2**30 + 1, 2**32 - 1, 2**32, 2**32 + 5])

@@ -240,3 +240,22 @@ def test_batch_foregrounds_one_per_item_or_shared():
     assert np.array_equal(shared.image, per_item.image)
     with pytest.raises(ValueError, match="batch item 1"):
         synth.synthesize(image, rng=4, layout="BHW", foreground=np.stack([fg, np.zeros_like(fg), fg]))
+
+
+def test_pools_are_shared_by_equal_configs_and_never_by_others():
+    from synth.engine import pool_for
+
+    config = synth.SynthesisConfig(max_anomalies=3)
+    assert pool_for(config) is pool_for(synth.SynthesisConfig.from_dict(config.to_dict())) is pool_for(config)
+    assert pool_for(None).config == synth.SynthesisConfig() and pool_for(config).config == config
+    # Configs made and dropped one after another (their ids are reused) each get their own pool,
+    # through more of them than the cache holds.
+    for k in range(100):
+        weights = synth.family_weights(identity=1.0, structural=0.0, density=0.0, deformation=0.0) if k % 2 else None
+        made = synth.SynthesisConfig(max_anomalies=1 + k % 7, **({"task_weights": weights} if weights else {}))
+        assert pool_for(made).config == made
+    only_identity = synth.SynthesisConfig(
+        task_weights=synth.family_weights(identity=1.0, structural=0.0, density=0.0, deformation=0.0))
+    image = smooth_image((32, 32))
+    tasks = {synth.synthesize(image, rng=seed, config=only_identity).record.task for seed in range(8)}
+    assert tasks == {"identity"}
