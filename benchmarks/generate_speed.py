@@ -140,9 +140,9 @@ def epoch_rate(loader) -> float:
 
 def measure_generation(data: Path, tmp: Path, samples: int, shard_size: int, size: int, rounds: int,
                        compressor: str) -> None:
-    """Rounds alternate raw synthesis, the stored form without writing, and generation, so
-    that a slow spell of this shared machine hits all of them; ratios are medians of the
-    per-round ratios."""
+    """Rounds alternate raw synthesis, the stored form without writing, and generation (in
+    reverse order every other round), so that a slow spell of this shared machine hits all of
+    them; ratios are medians of the per-round ratios."""
     import synth
 
     store = tmp / "c.zarr"
@@ -150,15 +150,23 @@ def measure_generation(data: Path, tmp: Path, samples: int, shard_size: int, siz
     seeds = synth.spawn_seeds(0, samples)
     jobs = {s: seeds[s * shard_size:(s + 1) * shard_size] for s in range(samples // shard_size)}
     rates: dict[str, list[float]] = {}
-    for _ in range(rounds):
+
+    def generate_rate(workers: int) -> float:
+        out = tmp / f"g{workers}.zarr"
+        rate = samples / gen(data, out, samples, shard_size, workers, size, compressor)
+        shutil.rmtree(out)  # before the kernel writes it back during the next measure
+        return rate
+
+    for round_ in range(rounds):
         for workers in (1, 2):
-            rates.setdefault(f"raw synthesis, {workers}p", []).append(samples / raw(str(store), jobs, workers))
-            rates.setdefault(f"stored form, no writing, {workers}p", []).append(
-                samples / raw(str(store), jobs, workers, task=stored_form))
-            out = tmp / f"g{workers}.zarr"
-            rates.setdefault(f"generate to zarr, {workers}p", []).append(
-                samples / gen(data, out, samples, shard_size, workers, size, compressor))
-            shutil.rmtree(out)  # before the kernel writes it back during the next measure
+            measures = {f"raw synthesis, {workers}p": lambda w=workers: samples / raw(str(store), jobs, w),
+                        f"stored form, no writing, {workers}p":
+                            lambda w=workers: samples / raw(str(store), jobs, w, task=stored_form),
+                        f"generate to zarr, {workers}p": lambda w=workers: generate_rate(w)}
+            # Every other round in reverse order, so that a machine slowing down or speeding up
+            # over a round does not favour the measure that always comes first.
+            for name in list(measures)[::-1 if round_ % 2 else 1]:
+                rates.setdefault(name, []).append(measures[name]())
     for name, values in rates.items():
         print(f"{name:30s} {np.median(values):8.0f} samples/s (rounds: {', '.join(f'{v:.0f}' for v in values)})")
 
