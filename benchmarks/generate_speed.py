@@ -30,6 +30,7 @@ import shutil
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -151,22 +152,21 @@ def measure_generation(data: Path, tmp: Path, samples: int, shard_size: int, siz
     jobs = {s: seeds[s * shard_size:(s + 1) * shard_size] for s in range(samples // shard_size)}
     rates: dict[str, list[float]] = {}
 
-    def generate_rate(workers: int) -> float:
+    def generate_seconds(workers: int) -> float:
         out = tmp / f"g{workers}.zarr"
-        rate = samples / gen(data, out, samples, shard_size, workers, size, compressor)
+        seconds = gen(data, out, samples, shard_size, workers, size, compressor)
         shutil.rmtree(out)  # before the kernel writes it back during the next measure
-        return rate
+        return seconds
 
     for round_ in range(rounds):
         for workers in (1, 2):
-            measures = {f"raw synthesis, {workers}p": lambda w=workers: samples / raw(str(store), jobs, w),
-                        f"stored form, no writing, {workers}p":
-                            lambda w=workers: samples / raw(str(store), jobs, w, task=stored_form),
-                        f"generate to zarr, {workers}p": lambda w=workers: generate_rate(w)}
+            measures = [(f"raw synthesis, {workers}p", partial(raw, str(store), jobs, workers)),
+                        (f"stored form, no writing, {workers}p", partial(raw, str(store), jobs, workers, stored_form)),
+                        (f"generate to zarr, {workers}p", partial(generate_seconds, workers))]
             # Every other round in reverse order, so that a machine slowing down or speeding up
             # over a round does not favour the measure that always comes first.
-            for name in list(measures)[::-1 if round_ % 2 else 1]:
-                rates.setdefault(name, []).append(measures[name]())
+            for name, seconds in measures[::-1 if round_ % 2 else 1]:
+                rates.setdefault(name, []).append(samples / seconds())
     for name, values in rates.items():
         print(f"{name:30s} {np.median(values):8.0f} samples/s (rounds: {', '.join(f'{v:.0f}' for v in values)})")
 

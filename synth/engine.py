@@ -93,7 +93,7 @@ _POOLS: dict[int, tuple[SynthesisConfig | None, TaskPool]] = {}
 def pool_for(config: SynthesisConfig | None) -> TaskPool:
     """A cached pool per configuration (pools hold no per-sample state); equal configs share one."""
     hit = _POOLS.get(id(config))
-    if hit is not None and hit[0] is config:
+    if hit is not None:  # its config is held in the entry, so no other object has this id
         return hit[1]
     pool = _pool_for_equal(config)
     if len(_POOLS) >= 32:
