@@ -307,6 +307,54 @@ def test_stored_form_kernels_equal_numpy():
             assert binarize_into(mask, row) == bool(mask.any()) and np.array_equal(row, mask > 0.5), (shape, where)
 
 
+def test_making_samples_pauses_garbage_collection_and_leaves_no_garbage(images, monkeypatch):
+    """No collection runs while a shard's records are alive, however low the collector's
+    threshold; the collector is resumed as it was found, and nothing is left for it (the
+    samples form no cycles)."""
+    import gc
+    import weakref
+
+    import synth
+    from pipelines.cache import make_samples
+    from pipelines.sources import SourceSet, source_spec
+
+    sources, config = SourceSet(source_spec(images, size=64)), synth.SynthesisConfig()
+    seeds = synth.spawn_seeds(3, 24)
+    make_samples(sources, config, seeds[:2], "uint8")  # imports and compiled kernels loaded first
+    records, collections = [], []  # weak references to the records made
+
+    def alive() -> int:
+        return sum(ref() is not None for ref in records)
+
+    real = synth.synthesize
+
+    def synthesize(*args, **kwargs):
+        result = real(*args, **kwargs)
+        records.append(weakref.ref(result[2]))
+        return result
+
+    def on_collection(phase, info):
+        if phase == "start" and alive():
+            collections.append(info["generation"])
+
+    monkeypatch.setattr(synth, "synthesize", synthesize)
+    threshold = gc.get_threshold()
+    gc.collect()
+    gc.callbacks.append(on_collection)
+    try:
+        gc.set_threshold(1, 1, 1)  # a collection at every allocation while the collector runs
+        made = make_samples(sources, config, seeds, "uint8")
+        assert collections == [] and len(records) == 24 and alive() == 0 and gc.isenabled()
+        gc.disable()
+        make_samples(sources, config, seeds[:4], "uint8")
+        assert not gc.isenabled()  # a caller's own pause is left as it was
+    finally:
+        gc.enable()
+        gc.set_threshold(*threshold)
+        gc.callbacks.remove(on_collection)
+    assert len(made["records"]) == 24 and gc.collect() == 0
+
+
 @pytest.mark.parametrize("n_sources", [1, 2, 12, 1000, 2**31 + 11, 3 * 2**30 + 1, 2**32 - 1, 2**32, 2**32 + 5])
 def test_source_draws_equal_numpys_generator(n_sources):
     """Compiled SeedSequence + PCG64 + Lemire draws against numpy's own objects; 3 * 2**30 + 1
