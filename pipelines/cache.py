@@ -4,6 +4,7 @@ Layout of ``CACHE.zarr`` (a zarr v3 group, N samples, shard size S, image side H
 
     images      (N, H, H) uint8 (or float16)  chunks (C, H, H), shards (S, H, H), zstd (or lz4, none)
     masks       (N, H, H) uint8 {0, 1}         chunks (C, H, H), shards (S, H, H), as the images
+                                               (zstd: frames of run-length blocks, shards.ShardFiles)
     labels      (N,) uint8                     chunks (S,)   one chunk per shard
     seeds       (N,) uint64                    chunks (S,)
     source_index(N,) int32                     chunks (S,)
@@ -68,21 +69,23 @@ def quantize(image: np.ndarray, dtype: str, out: np.ndarray | None = None) -> np
 def make_samples(sources: Any, config: Any, seeds: list[int], dtype: str, records: bool = True,
                  reuse: dict[str, Any] | None = None) -> dict[str, Any]:
     """Synthesise the samples with these seeds: stored-form arrays and per-sample metadata
-    (without the ``records`` JSON when ``records`` is False). Sample with seed s starts from
+    (without the ``records`` JSON when ``records`` is False), and ``mask_rows``: which rows of
+    each mask have a set pixel, for the masks' run-length frames. Sample with seed s starts from
     source image ``source_indices([s], len(sources))``. With ``reuse`` (a dict the caller keeps
-    between calls), the image, mask and label arrays are made once in it and overwritten by
-    the next call: memory touched for the first time costs a page fault per 4 kB, which was
-    a twentieth of a shard's time."""
+    between calls), the image, mask, label and mask-row arrays are made once in it and
+    overwritten by the next call: memory touched for the first time costs a page fault per
+    4 kB, which was a twentieth of a shard's time."""
     from .sources import source_indices
 
     n, size = len(seeds), sources.size
     image_dtype = np.dtype(np.uint8 if dtype == "uint8" else np.float16)
     arrays = (reuse or {}).get("arrays")
     if arrays is None or arrays[0].shape != (n, size, size) or arrays[0].dtype != image_dtype:
-        arrays = np.empty((n, size, size), image_dtype), np.empty((n, size, size), np.uint8), np.empty(n, np.uint8)
+        arrays = (np.empty((n, size, size), image_dtype), np.empty((n, size, size), np.uint8), np.empty(n, np.uint8),
+                  np.empty((n, size), np.bool_))
         if reuse is not None:
             reuse["arrays"] = arrays
-    out: dict[str, Any] = dict(zip(("images", "masks", "labels"), arrays))
+    out: dict[str, Any] = dict(zip(("images", "masks", "labels", "mask_rows"), arrays))
     # Per-sample Python work (source draws, JSON) runs in tight loops before and after the
     # synthesis loop: interleaved with synthesis, whose kernels evict its code and data from
     # the caches, it cost about twice as much (0.071 vs 0.038 ms per sample).
@@ -111,7 +114,7 @@ def _synthesize_rows(sources: Any, config: Any, seeds: list[int], chosen: list[i
         result, mask, record = synth.synthesize(image, rng=int(seed), foreground=fg, config=config,
                                                 source_id=sources.source_id(src))
         quantize(result, dtype, out=out["images"][i])
-        out["labels"][i] = binarize_into(np.ascontiguousarray(mask), out["masks"][i])
+        out["labels"][i] = binarize_into(np.ascontiguousarray(mask), out["masks"][i], out["mask_rows"][i])
         made.append(record)
     return made
 
@@ -342,7 +345,7 @@ def _state(path: str) -> dict[str, Any]:
         _STATE.clear()
         _STATE.update(path=path, identity=identity, settings=settings, sources=SourceSet(spec),
                       config=synth.SynthesisConfig.from_dict(settings["config"]),
-                      files=ShardFiles.open(path, [*ARRAYS_2D, *ARRAYS_1D]))
+                      files=ShardFiles.open(path, [*ARRAYS_2D, *ARRAYS_1D], binary=("masks",)))
     return _STATE
 
 
@@ -389,7 +392,7 @@ def write_shard(path: str, shard: int, seeds: list[int]) -> dict[str, Any]:
     data = make_samples(state["sources"], state["config"], seeds, settings["dtype"], reuse=_BUFFERS.__dict__)
     # Our direct writer when it knows the layout (the bytes zarr would write, in half the time
     # of zarr's write and checksum re-read); zarr for anything else, such as a partial last shard.
-    sums = state["files"].write(shard, data) if state["files"] is not None else None
+    sums = state["files"].write(shard, data, {"masks": data["mask_rows"]}) if state["files"] is not None else None
     if sums is None:
         _write_arrays(_zarr_arrays(state), slice(start, stop), data)
         sums = file_checksums(path, shard)

@@ -1,14 +1,15 @@
-"""Making a shard's samples: the stored-form kernels against numpy, the source draws against
-numpy's generator, the shard's checksum, and the garbage collector paused while the samples are
-made. The store and its generation: test_pipelines_cache.py."""
+"""Making a shard's samples: the stored-form kernels against numpy, the masks' run-length zstd
+frames against zstd's decoders, the source draws against numpy's generator, the shard's
+checksum, and the garbage collector paused while the samples are made. The store and its
+generation: test_pipelines_cache.py."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from pipelines.cache import quantize
-from pipelines.kernels import binarize_into
-from pipelines.shards import crc32c
+from pipelines.kernels import MIN_RUN, RUN_BLOCK_MAX, binarize_into, run_length_frame
+from pipelines.shards import _run_length, _zstd, crc32c
 
 
 def test_stored_form_kernels_equal_numpy():
@@ -24,16 +25,106 @@ def test_stored_form_kernels_equal_numpy():
     assert np.array_equal(quantize(image, "float16"), image.astype(np.float16))
     for density in (0.0, 0.01):
         mask = (rng.random((224, 224)) < density).astype(np.float32)
-        row = np.empty((224, 224), np.uint8)
-        assert binarize_into(mask, row) == bool(density) and np.array_equal(row, mask > 0.5)
-    # The label is read eight bytes at a time, then the rest: a single set pixel anywhere counts.
-    for shape in ((7, 9), (1, 1), (3, 8)):
-        for where in (None, 0, 7, -1):
+        row, rows_set = np.empty((224, 224), np.uint8), np.empty(224, np.bool_)
+        assert binarize_into(mask, row, rows_set) == bool(density) and np.array_equal(row, mask > 0.5)
+        assert np.array_equal(rows_set, (mask > 0.5).any(axis=1))
+    # Rows whose width is a multiple of 8 are tested eight bytes at a time, others byte by byte:
+    # a single set pixel anywhere counts, in its row only.
+    for shape in ((7, 9), (1, 1), (3, 8), (5, 16)):
+        for where in (None, 0, 7, 20, -1):
             mask = np.zeros(shape, np.float32)
             if where is not None and abs(where) < mask.size:
-                mask.reshape(-1)[where] = 1.0
-            row = np.full(shape, 9, np.uint8)
-            assert binarize_into(mask, row) == bool(mask.any()) and np.array_equal(row, mask > 0.5), (shape, where)
+                mask.reshape(-1)[where] = 0.75
+            row, rows_set = np.full(shape, 9, np.uint8), np.ones(shape[0], np.bool_)
+            assert binarize_into(mask, row, rows_set) == bool(mask.any()) and np.array_equal(row, mask > 0.5)
+            assert np.array_equal(rows_set, mask.any(axis=1)), (shape, where)
+
+
+def zstd_blocks(frame: bytes) -> list[tuple[int, int, bool]]:
+    """(type, size, last) of each block of a one-frame zstd stream, read from RFC 8878's headers:
+    type 0 raw, 1 RLE (size: bytes it stands for), 2 compressed."""
+    descriptor = frame[4]
+    assert frame[:4] == b"\x28\xb5\x2f\xfd" and not descriptor & 0x04 and not descriptor & 0x03  # no checksum, no dictionary
+    single = bool(descriptor & 0x20)
+    pos = 5 + (0 if single else 1) + {0: int(single), 1: 2, 2: 4, 3: 8}[descriptor >> 6]
+    blocks = []
+    while True:
+        header = int.from_bytes(frame[pos:pos + 3], "little")
+        kind, size, last = (header >> 1) & 3, header >> 3, bool(header & 1)
+        blocks.append((kind, size, last))
+        pos += 3 + (1 if kind == 1 else size)
+        if last:
+            assert pos == len(frame)
+            return blocks
+
+
+def run_length(data: np.ndarray, rows_set: np.ndarray | None = None) -> bytes:
+    flat = data.reshape(-1)
+    rows_set = data.reshape(-1, data.shape[-1]).any(axis=1) if rows_set is None else rows_set
+    out = np.empty(2 * flat.size + 64, np.uint8)
+    return out[:run_length_frame(flat, data.shape[-1], rows_set, out)].tobytes()
+
+
+def test_run_length_frames_are_zstd_frames_of_the_data():
+    """Every zstd decoder the cache meets (python-zstandard's, numcodecs' as zarr calls it) reads
+    the frames back as the data: runs across rows and across zstd's 128 kB block limit, runs
+    shorter than MIN_RUN, a short or long last run, bytes other than 0 and 1, rows whose width
+    is not a multiple of 8; only RLE and raw blocks, and RLE blocks for runs of MIN_RUN or more."""
+    import numcodecs
+    import zstandard
+
+    rng = np.random.default_rng(1)
+    runs = np.repeat(rng.integers(0, 3, 6000), rng.integers(1, 40, 6000))[:96000].reshape(-1, 96)
+    cases = [np.zeros((1, 7)), np.ones((1, 5)), np.zeros((3, 100000)), np.ones((1, RUN_BLOCK_MAX)),
+             np.ones((2, RUN_BLOCK_MAX // 2 + 1)), rng.random((3, 100001)) > 0.5, rng.integers(0, 256, (5, 52429)),
+             runs, np.pad(np.ones((50, 13)), 30), rng.random((64, 37, 37)) > 0.97]
+    for case in cases:
+        for flip in (None, 0, -1):  # and the same with its first or last byte changed
+            data = np.array(case, np.uint8)
+            if flip is not None:
+                data.reshape(-1)[flip] ^= 1
+            frame = run_length(data)
+            assert zstandard.ZstdDecompressor().decompress(frame) == data.tobytes(), (data.shape, flip)
+            assert bytes(numcodecs.Zstd().decode(frame)) == data.tobytes(), (data.shape, flip)
+            blocks = zstd_blocks(frame)
+            assert {kind for kind, _, _ in blocks} <= {0, 1} and sum(size for _, size, _ in blocks) == data.size
+            # a run is MIN_RUN or more; split at the block limit, its last block may be shorter
+            assert all(size <= RUN_BLOCK_MAX for _, size, _ in blocks)
+            assert all(size >= MIN_RUN or before == (1, RUN_BLOCK_MAX)
+                       for before, (kind, size, _) in zip([(None, 0), *[b[:2] for b in blocks]], blocks) if kind == 1)
+            assert [last for _, _, last in blocks].count(True) == 1
+
+
+def test_run_length_frames_skip_rows_not_set_and_stop_when_out_is_full():
+    data = np.zeros((6, 16), np.uint8)
+    data[1, 3:9], data[4, :] = 1, 1
+    rows_set = np.array([False, True, False, False, False, False])  # row 4 said empty: read as zeros
+    expected = data.copy()
+    expected[4] = 0
+    import zstandard
+
+    assert zstandard.ZstdDecompressor().decompress(run_length(data, rows_set)) == expected.tobytes()
+    noise = (np.random.default_rng(2).random((64, 224)) > 0.5).astype(np.uint8).reshape(-1)
+    out = np.empty(1000, np.uint8)
+    assert run_length_frame(noise, 224, np.ones(64, np.bool_), out) > out.size
+
+
+def test_binary_chunks_are_run_length_frames_or_zstd_where_smaller():
+    """A mask chunk becomes a run-length frame, the same whether its set rows are given or found;
+    a chunk of fine noise, whose frame would pass 1/32 of the chunk, zstd's own frame."""
+    import numcodecs
+
+    encode, zstd = _run_length(-7, 128), _zstd(-7, False, whole_chunks=True)
+    masks = np.zeros((16, 128, 128), np.uint8)
+    yy, xx = np.mgrid[:128, :128]
+    for k in range(16):
+        masks[k] = (yy - 40 - k) ** 2 + (xx - 60) ** 2 < (4 + k) ** 2
+    frame = encode(masks)
+    assert frame == encode(masks, masks.any(axis=-1)) and frame != zstd(masks.reshape(-1))
+    assert {kind for kind, _, _ in zstd_blocks(frame)} <= {0, 1} and len(frame) <= masks.size // 32
+    assert bytes(numcodecs.Zstd().decode(frame)) == masks.tobytes()
+    noise = (np.random.default_rng(3).random((16, 128, 128)) > 0.9).astype(np.uint8)
+    assert encode(noise) == zstd(noise.reshape(-1)) and bytes(numcodecs.Zstd().decode(encode(noise))) == noise.tobytes()
 
 
 def test_making_samples_pauses_garbage_collection_and_leaves_no_garbage(images, monkeypatch):
