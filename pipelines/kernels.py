@@ -109,6 +109,8 @@ def run_length_frame(data: np.ndarray, width: int, rows_set: np.ndarray, out: np
     only where ``rows_set[r]``; the others are taken as zeros, unread. Runs of ``MIN_RUN`` or
     more equal bytes become RLE blocks, the rest raw blocks."""
     n = data.size
+    if n == 0 or rows_set.size * width != n or out.size < 16:
+        raise ValueError("run_length_frame: data must be rows_set.size rows of width bytes (at least one), out 16 bytes or more")
     out[0], out[1], out[2], out[3] = 0x28, 0xB5, 0x2F, 0xFD  # magic number, little-endian
     out[4] = 0xA0  # single segment (no window descriptor), 4-byte content size, no checksum
     for k in range(4):

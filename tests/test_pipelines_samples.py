@@ -107,6 +107,9 @@ def test_run_length_frames_skip_rows_not_set_and_stop_when_out_is_full():
     noise = (np.random.default_rng(2).random((64, 224)) > 0.5).astype(np.uint8).reshape(-1)
     out = np.empty(1000, np.uint8)
     assert run_length_frame(noise, 224, np.ones(64, np.bool_), out) > out.size
+    for rows_set in (np.ones(63, np.bool_), np.ones(65, np.bool_)):  # rows that do not cover the data
+        with pytest.raises(ValueError, match="rows"):
+            run_length_frame(noise, 224, rows_set, out)
 
 
 def test_binary_chunks_are_run_length_frames_or_zstd_where_smaller():
