@@ -105,9 +105,10 @@ def _emit(data, raw_start, run_start, value, run_stop, out, pos):
 def run_length_frame(data: np.ndarray, width: int, rows_set: np.ndarray, out: np.ndarray) -> int:
     """A zstd frame of ``data`` (uint8, C-contiguous, 1 to 2**32 - 1 bytes) written into ``out``
     (16 bytes or more); returns its size, or more than ``out.size`` when it does not fit (what
-    was written is then of no use). ``data`` is rows of ``width`` bytes, and row r may be set
-    only where ``rows_set[r]``; the others are taken as zeros, unread. Runs of ``MIN_RUN`` or
-    more equal bytes become RLE blocks, the rest raw blocks."""
+    was written is then of no use). ``data`` is rows of ``width`` bytes; a row r without
+    ``rows_set[r]`` must be all zeros, and is skipped unread (where ``width >= MIN_RUN``, as
+    its zeros then always join an RLE block). Runs of ``MIN_RUN`` or more equal bytes become
+    RLE blocks, the rest raw blocks."""
     n = data.size
     if n == 0 or rows_set.size * width != n or out.size < 16:
         raise ValueError("run_length_frame: data must be rows_set.size rows of width bytes (at least one), out 16 bytes or more")

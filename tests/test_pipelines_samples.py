@@ -98,7 +98,7 @@ def test_run_length_frames_are_zstd_frames_of_the_data():
 def test_run_length_frames_skip_rows_not_set_and_stop_when_out_is_full():
     data = np.zeros((6, 16), np.uint8)
     data[1, 3:9], data[4, :] = 1, 1
-    rows_set = np.array([False, True, False, False, False, False])  # row 4 said empty: read as zeros
+    rows_set = np.array([False, True, False, False, False, False])  # row 4 said empty: skipped unread
     expected = data.copy()
     expected[4] = 0
     import zstandard
