@@ -48,10 +48,9 @@ ArrayWriter = tuple[Encoder, Callable[[int], str], int]
 # store is resumed under, since it decides the bytes.
 ZSTD_CHUNKS = {"level": -7, "window": "the whole chunk", "hash_log": 15,
                "binary_arrays": "frames of run-length and raw blocks, zstd's own where larger than 1/32 of the chunk"}
-# Binary arrays (the masks): zstd frames of RLE and raw blocks (``kernels.run_length_frame``):
-# 3 % smaller than zstd's at level -7 over the default pool's masks, encoded in a third of the
-# time (4 against 13 us a 224 x 224 mask) and decoded in a third. Masks of fine noise have short
-# runs, which zstd's entropy coding packs tighter: past 1/32 of the chunk, zstd encodes it.
+# Binary arrays (the masks) are run-length frames (``kernels.run_length_frame``, figures there),
+# except where a chunk's frame would pass 1/RUN_LENGTH_LIMIT of it: masks of fine noise have
+# short runs, which zstd's entropy coding packs tighter.
 RUN_LENGTH_LIMIT = 32
 
 
@@ -185,11 +184,12 @@ def _sharded(config: dict[str, Any], shard_shape: list[int], dtype: np.dtype, bi
             or shard_shape[0] % chunk[0]):
         return None
     codecs = config.get("codecs", [])
-    inner = _chain(codecs, dtype, whole_chunks=True)
-    zstd_level = _plain_zstd_level(codecs)
+    inner = _chain(codecs, dtype, whole_chunks=True)  # None unless every codec is one we encode
     run_length = None
-    if binary and inner is not None and dtype == np.uint8 and len(shard_shape) > 1 and zstd_level is not None:
-        run_length = _run_length(zstd_level, shard_shape[-1])
+    zstd_config = codecs[-1].get("configuration", {}) if codecs else {}
+    if (binary and inner is not None and dtype == np.uint8 and len(shard_shape) > 1
+            and [c.get("name") for c in codecs] == ["bytes", "zstd"] and not zstd_config.get("checksum")):
+        run_length = _run_length(int(zstd_config.get("level", 0)), shard_shape[-1])
     index_codecs = config.get("index_codecs", [])
     if inner is None or not index_codecs or index_codecs[0].get("name") != "bytes":
         return None
@@ -214,16 +214,6 @@ def _sharded(config: dict[str, Any], shard_shape: list[int], dtype: np.dtype, bi
         return [*parts, tail]
 
     return encode
-
-
-def _plain_zstd_level(codecs: list[dict[str, Any]]) -> int | None:
-    """The level of a codec list that is little-endian ``bytes`` then ``zstd`` without checksum."""
-    if (len(codecs) == 2 and codecs[0].get("name") == "bytes"
-            and codecs[0].get("configuration", {}).get("endian", "little") == "little"
-            and codecs[1].get("name") == "zstd" and set(codecs[1].get("configuration", {})) <= {"level", "checksum"}
-            and not codecs[1].get("configuration", {}).get("checksum")):
-        return int(codecs[1].get("configuration", {}).get("level", 0))
-    return None
 
 
 def _array_writer(meta: dict[str, Any], binary: bool = False) -> ArrayWriter | None:
