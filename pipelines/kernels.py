@@ -79,12 +79,10 @@ def _block_header(out, pos, kind, size):
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def _emit(data, raw_start, run_start, value, run_stop, out, pos):
-    """Raw blocks of ``data[raw_start:run_start]``, then RLE blocks of ``value`` up to ``run_stop``;
-    past the end of ``out``, nothing, and a position past it."""
+    """Raw blocks of ``data[raw_start:run_start]``, then RLE blocks of ``value`` up to ``run_stop``
+    (``_room`` has checked that they fit)."""
     while raw_start < run_start:
         size = min(run_start - raw_start, RUN_BLOCK_MAX)
-        if pos + 3 + size > out.size:
-            return out.size + 1
         pos = _block_header(out, pos, 0, size)
         for k in range(size):
             out[pos + k] = data[raw_start + k]
@@ -92,8 +90,6 @@ def _emit(data, raw_start, run_start, value, run_stop, out, pos):
         raw_start += size
     while run_start < run_stop:
         size = min(run_stop - run_start, RUN_BLOCK_MAX)
-        if pos + 4 > out.size:
-            return out.size + 1
         pos = _block_header(out, pos, 1, size)
         out[pos] = value
         pos += 1
@@ -101,11 +97,22 @@ def _emit(data, raw_start, run_start, value, run_stop, out, pos):
     return pos
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _room(out, pos, raw_start, run_start, i, stop, width):
+    """Whether ``out`` has room for all that encoding up to ``stop`` from ``i`` can write: the
+    bytes already bound for raw blocks, the rest of the row, the current run if it ends short,
+    and a header for every block (at most two per run of MIN_RUN bytes, and per RUN_BLOCK_MAX).
+    Checked once a row: a check per block cost half the encoder's time (6.1 against 4.1 us)."""
+    headers = 7 * ((stop - raw_start) // RUN_BLOCK_MAX + width // MIN_RUN + 3)
+    return pos + (run_start - raw_start) + (stop - i) + MIN_RUN + headers <= out.size
+
+
 @numba.njit(cache=True, nogil=True)
 def run_length_frame(data: np.ndarray, width: int, rows_set: np.ndarray, out: np.ndarray) -> int:
     """A zstd frame of ``data`` (uint8, C-contiguous, 1 to 2**32 - 1 bytes) written into ``out``
-    (16 bytes or more); returns its size, or more than ``out.size`` when it does not fit (what
-    was written is then of no use). ``data`` is rows of ``width`` bytes; a row r without
+    (16 bytes or more); returns its size, or more than ``out.size`` when it might not fit (room is
+    checked once a row, with a margin of ``width + 7 * width / MIN_RUN`` bytes or so; what was
+    written is then of no use). ``data`` is rows of ``width`` bytes; a row r without
     ``rows_set[r]`` must be all zeros, and is skipped unread (where ``width >= MIN_RUN``, as
     its zeros then always join an RLE block). Runs of ``MIN_RUN`` or more equal bytes become
     RLE blocks, the rest raw blocks."""
@@ -127,13 +134,15 @@ def run_length_frame(data: np.ndarray, width: int, rows_set: np.ndarray, out: np
         if not rows_set[r]:
             if value != 0:  # a run of zeros starts with this row
                 if i - run_start >= MIN_RUN:
+                    if not _room(out, pos, raw_start, run_start, i, i, 0):
+                        return out.size + 1
                     pos = _emit(data, raw_start, run_start, value, i, out, pos)
-                    if pos > out.size:
-                        return pos
                     raw_start = i
                 value, pattern, run_start = np.uint64(0), np.uint64(0), i
             i = stop
             continue
+        if not _room(out, pos, raw_start, run_start, i, stop, width):
+            return out.size + 1
         while i < stop:
             if i & 7 == 0 and i + 8 <= stop:
                 word = words[i >> 3]
@@ -142,8 +151,6 @@ def run_length_frame(data: np.ndarray, width: int, rows_set: np.ndarray, out: np
                     at = i + (trailing_zeros(diff) >> 3)
                     if at - run_start >= MIN_RUN:
                         pos = _emit(data, raw_start, run_start, value, at, out, pos)
-                        if pos > out.size:
-                            return pos
                         raw_start = at
                     shift = np.uint64(8 * (at - i))
                     value = (word >> shift) & np.uint64(0xFF)
@@ -156,17 +163,15 @@ def run_length_frame(data: np.ndarray, width: int, rows_set: np.ndarray, out: np
                 if byte != value:
                     if i - run_start >= MIN_RUN:
                         pos = _emit(data, raw_start, run_start, value, i, out, pos)
-                        if pos > out.size:
-                            return pos
                         raw_start = i
                     value, pattern, run_start = byte, byte * _ONES, i
                 i += 1
     if n - run_start < MIN_RUN:
         run_start = n  # too short a last run: raw
+    if not _room(out, pos, raw_start, run_start, n, n, 0):
+        return out.size + 1
     last = pos
     pos = _emit(data, raw_start, run_start, value, n, out, pos)
-    if pos > out.size:
-        return pos
     k = last
     while k < pos:  # find the last block's header among those just written
         last = k

@@ -107,6 +107,18 @@ def test_run_length_frames_skip_rows_not_set_and_stop_when_out_is_full():
     noise = (np.random.default_rng(2).random((64, 224)) > 0.5).astype(np.uint8).reshape(-1)
     out = np.empty(1000, np.uint8)
     assert run_length_frame(noise, 224, np.ones(64, np.bool_), out) > out.size
+    # Room is checked once a row: into any smaller ``out`` the frame is whole or refused, and
+    # nothing is written past the end of ``out`` (a guard region after it stays untouched).
+    rng = np.random.default_rng(4)
+    for data in (np.repeat(rng.integers(0, 2, 900), rng.integers(1, 60, 900))[:64 * 224].reshape(64, 224),
+                 (rng.random((64, 224)) > 0.5), np.pad(np.ones((20, 100)), ((22, 22), (62, 62)))):
+        data = np.ascontiguousarray(data, np.uint8)
+        whole = run_length(data)
+        for size in range(16, len(whole) + 64, 97):
+            buffer = np.full(size + 4096, 0xAB, np.uint8)
+            written = run_length_frame(data.reshape(-1), 224, data.any(axis=1), buffer[:size])
+            assert (buffer[size:] == 0xAB).all(), size
+            assert written > size or (written == len(whole) and buffer[:written].tobytes() == whole), size
     for rows_set in (np.ones(63, np.bool_), np.ones(65, np.bool_)):  # rows that do not cover the data
         with pytest.raises(ValueError, match="rows"):
             run_length_frame(noise, 224, rows_set, out)
