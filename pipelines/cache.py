@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from .kernels import binarize_into, to_uint8_into
+from .kernels import find_set_rows, to_uint8_into
 from .shards import ZSTD_CHUNKS, ShardFiles, atomic_write, crc32c
 
 FORMAT = "fmclip-cache/1"
@@ -81,8 +81,9 @@ def make_samples(sources: Any, config: Any, seeds: list[int], dtype: str, record
     image_dtype = np.dtype(np.uint8 if dtype == "uint8" else np.float16)
     arrays = (reuse or {}).get("arrays")
     if arrays is None or arrays[0].shape != (n, size, size) or arrays[0].dtype != image_dtype:
+        # The last: the float32 image each synthesis writes before it is stored, one for all.
         arrays = (np.empty((n, size, size), image_dtype), np.empty((n, size, size), np.uint8), np.empty(n, np.uint8),
-                  np.empty((n, size), np.bool_))
+                  np.empty((n, size), np.bool_), np.empty((size, size), np.float32))
         if reuse is not None:
             reuse["arrays"] = arrays
     out: dict[str, Any] = dict(zip(("images", "masks", "labels", "mask_rows"), arrays))
@@ -91,7 +92,7 @@ def make_samples(sources: Any, config: Any, seeds: list[int], dtype: str, record
     # the caches, it cost about twice as much (0.071 vs 0.038 ms per sample).
     chosen = source_indices(seeds, len(sources)).tolist()
     with collection_paused():
-        made = _synthesize_rows(sources, config, seeds, chosen, dtype, out)
+        made = _synthesize_rows(sources, config, seeds, chosen, dtype, out, arrays[-1])
         out["seeds"] = np.array(seeds, np.uint64)
         out["source_index"] = np.array(chosen, np.int32)
         out["tasks"] = np.array([record.task for record in made], dtype=object)
@@ -103,18 +104,23 @@ def make_samples(sources: Any, config: Any, seeds: list[int], dtype: str, record
 
 
 def _synthesize_rows(sources: Any, config: Any, seeds: list[int], chosen: list[int], dtype: str,
-                     out: dict[str, Any]) -> list[Any]:
-    """Each sample synthesised into its rows of ``out`` (images, masks, labels); returns the
-    records (a function of its own, so that no local outlives the loop holding one)."""
+                     out: dict[str, Any], scratch: np.ndarray) -> list[Any]:
+    """Each sample synthesised into its rows of ``out`` (images, masks, labels, mask rows);
+    returns the records (a function of its own, so that no local outlives the loop holding one).
+
+    The engine writes each mask straight into its uint8 row and each image into ``scratch``,
+    one float32 array for all: a new pair of float32 outputs per sample, converted afterwards,
+    cost 0.042 ms a sample more than synthesis alone against 0.010 this way (the new outputs
+    were out of L2 by the time they were read, and each mask was written twice)."""
     import synth
 
     made = []
     for i, (seed, src) in enumerate(zip(seeds, chosen)):
         image, fg = sources.read(src)
         result, mask, record = synth.synthesize(image, rng=int(seed), foreground=fg, config=config,
-                                                source_id=sources.source_id(src))
+                                                source_id=sources.source_id(src), out=scratch, mask=out["masks"][i])
         quantize(result, dtype, out=out["images"][i])
-        out["labels"][i] = binarize_into(np.ascontiguousarray(mask), out["masks"][i], out["mask_rows"][i])
+        out["labels"][i] = find_set_rows(mask, out["mask_rows"][i])
         made.append(record)
     return made
 

@@ -276,7 +276,7 @@ class ShardFiles:
         each); returns the crc32c of each file written, by key relative to the store. A
         partial chunk returns None and writes nothing: zarr pads those with its fill value.
         ``rows_set``: for binary arrays, which rows (of the last axis) have a set pixel, as
-        ``kernels.binarize_into`` finds them (each row is read otherwise)."""
+        ``kernels.find_set_rows`` finds them (each row is read otherwise)."""
         if any(len(data[name]) != samples for name, (_, _, samples) in self.writers.items()):
             return None
         sums = {}

@@ -67,8 +67,8 @@ class TaskPool:
 
     def __call__(self, image, seed: int, foreground=None, source=None, task=None, source_id=None,
                  out=None, mask=None):
-        """Sample and apply; ``out`` (C, *spatial) and ``mask`` (*spatial) are optional
-        float32 buffers to write into."""
+        """Sample and apply; ``out`` (C, *spatial, float32) and ``mask`` (*spatial, float32 or
+        uint8) are optional buffers to write into."""
         record, ctx = self.sample(image, seed, foreground, source, task, source_id)
         out, mask = self.apply(image, record, foreground, source, ctx, out, mask)
         return out, mask, record

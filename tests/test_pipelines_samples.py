@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipelines.cache import quantize
-from pipelines.kernels import MIN_RUN, RUN_BLOCK_MAX, binarize_into, run_length_frame
+from pipelines.kernels import MIN_RUN, RUN_BLOCK_MAX, find_set_rows, run_length_frame
 from pipelines.shards import _run_length, _zstd, crc32c
 
 
@@ -24,19 +24,19 @@ def test_stored_form_kernels_equal_numpy():
     assert quantize(np.array([-0.2, 1.3], np.float32), "uint8").tolist() == [0, 255]  # clipped, not wrapped
     assert np.array_equal(quantize(image, "float16"), image.astype(np.float16))
     for density in (0.0, 0.01):
-        mask = (rng.random((224, 224)) < density).astype(np.float32)
-        row, rows_set = np.empty((224, 224), np.uint8), np.empty(224, np.bool_)
-        assert binarize_into(mask, row, rows_set) == bool(density) and np.array_equal(row, mask > 0.5)
-        assert np.array_equal(rows_set, (mask > 0.5).any(axis=1))
+        mask = (rng.random((224, 224)) < density).astype(np.uint8)
+        rows_set = np.empty(224, np.bool_)
+        assert find_set_rows(mask, rows_set) == bool(density)
+        assert np.array_equal(rows_set, mask.any(axis=1))
     # Rows whose width is a multiple of 8 are tested eight bytes at a time, others byte by byte:
-    # a single set pixel anywhere counts, in its row only.
+    # a single set byte anywhere counts, in its row only, and the mask is only read.
     for shape in ((7, 9), (1, 1), (3, 8), (5, 16)):
         for where in (None, 0, 7, 20, -1):
-            mask = np.zeros(shape, np.float32)
+            mask = np.zeros(shape, np.uint8)
             if where is not None and abs(where) < mask.size:
-                mask.reshape(-1)[where] = 0.75
-            row, rows_set = np.full(shape, 9, np.uint8), np.ones(shape[0], np.bool_)
-            assert binarize_into(mask, row, rows_set) == bool(mask.any()) and np.array_equal(row, mask > 0.5)
+                mask.reshape(-1)[where] = 1
+            keep, rows_set = mask.copy(), np.ones(shape[0], np.bool_)
+            assert find_set_rows(mask, rows_set) == bool(mask.any()) and np.array_equal(mask, keep)
             assert np.array_equal(rows_set, mask.any(axis=1)), (shape, where)
 
 
@@ -140,6 +140,31 @@ def test_binary_chunks_are_run_length_frames_or_zstd_where_smaller():
     assert bytes(numcodecs.Zstd().decode(frame)) == masks.tobytes()
     noise = (np.random.default_rng(3).random((16, 128, 128)) > 0.9).astype(np.uint8)
     assert encode(noise) == zstd(noise.reshape(-1)) and bytes(numcodecs.Zstd().decode(encode(noise))) == noise.tobytes()
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float16"])
+def test_samples_are_plain_synthesis_in_stored_form(images, dtype):
+    """make_samples has the engine write into reused arrays; its rows equal plain
+    ``synthesize`` calls stored by numpy, also when the arrays held another shard before."""
+    import synth
+    from pipelines.cache import make_samples
+    from pipelines.sources import SourceSet, source_indices, source_spec
+
+    sources, config = SourceSet(source_spec(images, size=64)), synth.SynthesisConfig()
+    reuse: dict = {}
+    for seed in (5, 6):
+        seeds = synth.spawn_seeds(seed, 40)
+        made = make_samples(sources, config, seeds, dtype, reuse=reuse)
+        for i, (s, src) in enumerate(zip(seeds, source_indices(seeds, len(sources)).tolist())):
+            image, fg = sources.read(src)
+            out, mask, record = synth.synthesize(image, rng=s, foreground=fg, config=config,
+                                                 source_id=sources.source_id(src))
+            stored = np.rint(out * np.float32(255)).astype(np.uint8) if dtype == "uint8" else out.astype(np.float16)
+            assert np.array_equal(made["images"][i], stored)
+            assert np.array_equal(made["masks"][i], mask > 0.5) and made["masks"][i].max() <= 1
+            assert made["labels"][i] == mask.any() and np.array_equal(made["mask_rows"][i], mask.any(axis=1))
+            assert made["records"][i] == record.to_json() and made["tasks"][i] == record.task
+        assert made["labels"].any() and not made["labels"].all()  # both kinds of sample were made
 
 
 def test_making_samples_pauses_garbage_collection_and_leaves_no_garbage(images, monkeypatch):

@@ -64,8 +64,9 @@ class Task:
 
     def apply(self, image: np.ndarray, params: dict, ctx: Context, out: np.ndarray | None = None,
               mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Apply ``params``; ``out``/``mask`` are optional float32 buffers to write into
-        (saves two full-size copies per sample on large volumes)."""
+        """Apply ``params``; ``out`` (float32) and ``mask`` (float32 or uint8: the tasks write
+        only 0 and 1) are optional buffers to write into (saves two full-size copies per sample
+        on large volumes)."""
         out, mask = output_buffers(image, ctx, out, mask)
         for i, lesion_params in enumerate(params["lesions"]):
             lesion = (ctx.lesions[i] if ctx.lesions
@@ -97,7 +98,7 @@ def output_buffers(image, ctx: Context, out, mask):
     if mask is None:
         mask = np.zeros(ctx.spatial_shape, np.float32)
     else:
-        mask.fill(0.0)
+        mask.fill(0)
     return out, mask
 
 
