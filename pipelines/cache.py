@@ -109,9 +109,9 @@ def _synthesize_rows(sources: Any, config: Any, seeds: list[int], chosen: list[i
     returns the records (a function of its own, so that no local outlives the loop holding one).
 
     The engine writes each mask straight into its uint8 row and each image into ``scratch``,
-    one float32 array for all: a new pair of float32 outputs per sample, converted afterwards,
-    cost 0.042 ms a sample more than synthesis alone against 0.010 this way (the new outputs
-    were out of L2 by the time they were read, and each mask was written twice)."""
+    one float32 array for all. A new pair of float32 outputs per sample, converted afterwards,
+    cost 0.038-0.042 ms a sample more than synthesis alone, against 0.023-0.025 this way: the
+    new outputs were out of L2 by the time they were read, and each mask was written twice."""
     import synth
 
     made = []
