@@ -67,33 +67,22 @@ def brain_dataset(folder: Path, size: int, count: int = 12) -> Path:
     return folder
 
 
-def synthesis_only(path: str, shard: int, seeds: list[int]) -> int:
+def synthesis_only(path: str, shard: int, seeds: list[int], into_arrays: bool = False) -> int:
     """Raw synthesis: each sample's source draw, source image and ``synth.synthesize``; the
-    outputs are dropped (no stored form, no record JSON, no writing)."""
+    outputs are dropped (no stored form, no record JSON, no writing). ``into_arrays``: into one
+    reused float32 image and uint8 mask (``out=``, ``mask=``), as generation calls the engine."""
     import synth
     from pipelines.sources import source_indices
 
     state = cache._state(path)
     sources, config = state["sources"], state["config"]
+    arrays = {}
+    if into_arrays:
+        arrays = {"out": np.empty((sources.size,) * 2, np.float32), "mask": np.empty((sources.size,) * 2, np.uint8)}
     for seed, src in zip(seeds, source_indices(seeds, len(sources)).tolist()):  # as make_samples draws them
         image, fg = sources.read(src)
-        synth.synthesize(image, rng=int(seed), foreground=fg, config=config, source_id=sources.source_id(src))
-    return len(seeds)
-
-
-def synthesis_into_arrays(path: str, shard: int, seeds: list[int]) -> int:
-    """Raw synthesis into one reused float32 image and uint8 mask (``out=``, ``mask=``): no new
-    outputs per sample, as generation calls the engine."""
-    import synth
-    from pipelines.sources import source_indices
-
-    state = cache._state(path)
-    sources, config = state["sources"], state["config"]
-    out, mask = np.empty((sources.size, sources.size), np.float32), np.empty((sources.size, sources.size), np.uint8)
-    for seed, src in zip(seeds, source_indices(seeds, len(sources)).tolist()):
-        image, fg = sources.read(src)
         synth.synthesize(image, rng=int(seed), foreground=fg, config=config, source_id=sources.source_id(src),
-                         out=out, mask=mask)
+                         **arrays)
     return len(seeds)
 
 
@@ -180,7 +169,7 @@ def measure_generation(data: Path, tmp: Path, samples: int, shard_size: int, siz
         for workers in (1, 2):
             measures = [(f"raw synthesis, {workers}p", partial(raw, str(store), jobs, workers)),
                         (f"raw into arrays, {workers}p", partial(raw, str(store), jobs, workers,
-                                                                 synthesis_into_arrays)),
+                                                                 partial(synthesis_only, into_arrays=True))),
                         (f"stored form, no writing, {workers}p", partial(raw, str(store), jobs, workers, stored_form)),
                         (f"generate to zarr, {workers}p", partial(generate_seconds, workers))]
             # Every other round in reverse order, so that a machine slowing down or speeding up

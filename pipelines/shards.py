@@ -103,7 +103,7 @@ def _run_length(level: int, width: int) -> Callable[[np.ndarray, np.ndarray | No
     """The encoder of a binary uint8 array's chunks, ``encode(chunk, rows_set)``: a run-length
     frame (``rows_set``: which rows of ``width`` bytes have a set pixel; found when None), or
     ``_zstd(level)``'s frame where that would exceed 1/``RUN_LENGTH_LIMIT`` of the chunk."""
-    from .kernels import run_length_frame
+    from .kernels import find_set_rows, run_length_frame
 
     zstd = _zstd(level, False, whole_chunks=True)
     local = threading.local()
@@ -111,7 +111,8 @@ def _run_length(level: int, width: int) -> Callable[[np.ndarray, np.ndarray | No
     def encode(chunk: np.ndarray, rows_set: np.ndarray | None = None) -> bytes:
         flat = np.ascontiguousarray(chunk).reshape(-1).view(np.uint8)
         if rows_set is None:
-            rows_set = flat.reshape(-1, width).any(axis=1)
+            rows_set = np.empty(flat.size // width, np.bool_)
+            find_set_rows(flat.reshape(-1, width), rows_set)
         size = 16 + flat.size // RUN_LENGTH_LIMIT
         out = getattr(local, "out", None)
         if out is None or out.size != size:

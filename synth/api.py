@@ -181,9 +181,10 @@ def synthesize(image, *, rng=None, foreground=None, source=None, layout: str | N
         inputs = (array, src if source is not None else None,
                   foreground if isinstance(foreground, np.ndarray) else None)
         if out is not None:
-            outs = _given_output(out, "out", batch.shape, (np.float32,), layout, inputs)
+            outs = _given_output(out, "out", array.shape, (np.float32,), layout, inputs)
         if mask is not None:
-            masks = _given_output(mask, "mask", mask_shape, (np.float32, np.uint8), layout, inputs + (out,))
+            returned = batch.shape[:1] * ("B" in layout) + (1,) * ("C" in layout) + tuple(spatial)
+            masks = _given_output(mask, "mask", returned, (np.float32, np.uint8), layout, inputs + (out,))
     records = []
     for i, seed in enumerate(seeds):
         item = np.ascontiguousarray(batch[i])
@@ -195,11 +196,10 @@ def synthesize(image, *, rng=None, foreground=None, source=None, layout: str | N
     return Synthesis(out_image, out_mask, records if "B" in layout else records[0])
 
 
-def _given_output(array, name: str, canonical_shape: tuple, dtypes: tuple, layout: str, inputs: tuple) -> np.ndarray:
-    """The canonical (B, C, *spatial) view of an output array the caller passed, checked: the
-    engine writes into it in place, so it must not share memory with what it reads."""
-    expected = tuple(n for axis, n in enumerate(canonical_shape)
-                     if not (axis == 0 and "B" not in layout or axis == 1 and "C" not in layout))
+def _given_output(array, name: str, expected: tuple, dtypes: tuple, layout: str, inputs: tuple) -> np.ndarray:
+    """The canonical (B, C, *spatial) view of an output array the caller passed, of the shape
+    this call returns, checked: the engine writes into it in place, so it must not share memory
+    with what it reads."""
     if not isinstance(array, np.ndarray):
         raise ValueError(f"{name}= must be a numpy array; got {type(array).__name__}")
     if array.shape != expected:
