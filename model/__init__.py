@@ -9,7 +9,7 @@ from .adapters import AlignmentAdapter, BlockAdapter, gap_embedding
 from .backbone import BackboneInfo, create_clip, weights_fingerprint
 from .checkpoint import check_fingerprint, load_checkpoint, load_merged, save_checkpoint, save_merged
 from .config import FusionMedCLIPConfig, default_feature_blocks
-from .fusion import FusionMedCLIP
+from .fusion import FusionMedCLIP, check_unit_range
 from .lora import VISION_LORA_TARGETS
 from .losses import FusionLoss, LossParts, dice_loss, focal_loss, image_labels
 from .optim import LEARNING_RATES, build_optimizer, param_groups
@@ -32,6 +32,7 @@ __all__ = [
     "VisionTower",
     "build_optimizer",
     "check_fingerprint",
+    "check_unit_range",
     "create_clip",
     "default_feature_blocks",
     "dice_loss",

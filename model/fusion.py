@@ -17,6 +17,19 @@ from .prompts import PromptLearner
 from .vision_tower import VisionTower, vision_tower
 
 
+def check_unit_range(images: torch.Tensor, what: str = "images") -> None:
+    """Raise ValueError unless every value of ``images`` lies in [0, 1] (NaN fails too).
+
+    A pass over the data and, on CUDA, a host synchronisation: call it where data enters (a reader,
+    an evaluation), not on every training step. Images of a cache are in range by construction.
+    """
+    if images.numel() == 0:
+        return
+    lo, hi = (float(v) for v in torch.aminmax(images.detach()))
+    if not (0.0 <= lo and hi <= 1.0):  # also false for NaN
+        raise ValueError(f"{what} must lie in [0, 1] (not 0-255), got values in [{lo}, {hi}]")
+
+
 class FusionMedCLIP(nn.Module):
     """The adapted CLIP of method.md section 2 (stage 2, or stage 3 with LoRA and block adapters).
 
@@ -89,7 +102,11 @@ class FusionMedCLIP(nn.Module):
 
     # ----------------------------------------------------------------- input
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """Check images in [0, 1], replicate grey to RGB, apply the backbone's mean/std."""
+        """Check the batch's layout, replicate grey to RGB, apply the backbone's mean/std.
+
+        Only metadata is checked here (no pass over the pixels, no host synchronisation on CUDA):
+        the range [0, 1] is checked where data enters, with :func:`check_unit_range`.
+        """
         if not isinstance(images, torch.Tensor):
             raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
         if images.dim() != 4:
@@ -102,9 +119,6 @@ class FusionMedCLIP(nn.Module):
         size = self.config.image_size
         if (h, w) != (size, size):
             raise ValueError(f"images must be {size}x{size} (config.image_size), got {h}x{w}")
-        lo, hi = float(images.min()), float(images.max())
-        if not (0.0 <= lo and hi <= 1.0):  # also false for NaN
-            raise ValueError(f"images must lie in [0, 1] (not 0-255), got values in [{lo}, {hi}]")
         if c == 1:
             images = images.expand(b, 3, h, w)
         return (images - self.pixel_mean) / self.pixel_std
@@ -141,16 +155,21 @@ class FusionMedCLIP(nn.Module):
         return self.prompts(self.clip)
 
     def forward_features(
-        self, features: torch.Tensor | list[torch.Tensor], output_size: int | None = None
+        self, features: torch.Tensor | list[torch.Tensor], output_size: int | None = None,
+        text: torch.Tensor | None = None,
     ) -> dict:
-        """Maps from patch tokens (from :meth:`extract_features` or the live backbone)."""
+        """Maps from patch tokens (from :meth:`extract_features` or the live backbone).
+
+        ``text``: the (2, embed_dim) features of :meth:`text_features`, computed once by a caller that
+        scores many batches while the prompts do not change (evaluation); by default they are computed here.
+        """
         layers = list(features.unbind(1)) if isinstance(features, torch.Tensor) else list(features)
         if len(layers) != len(self.blocks):
             raise ValueError(
                 f"expected features of {len(self.blocks)} blocks {self.blocks}, got {len(layers)}"
             )
         size = output_size or self.config.image_size
-        text = self.text_features()
+        text = self.text_features() if text is None else text
         maps = []
         for i, tokens in enumerate(layers):
             if tokens.dim() != 4 or tokens.shape[1] != self.info.width:
@@ -164,14 +183,15 @@ class FusionMedCLIP(nn.Module):
         amap = torch.stack(maps).mean(0)
         return {"anomaly_map": amap, "pred_score": amap.flatten(1).amax(1)}
 
-    def forward(self, images: torch.Tensor) -> dict:
+    def forward(self, images: torch.Tensor, text: torch.Tensor | None = None) -> dict:
+        """Maps of images (B, 1 or 3, H, W) in [0, 1]; ``text`` as in :meth:`forward_features`."""
         pixels = self.preprocess(images)
         if self.config.stage == 2:
             with torch.no_grad():  # nothing to train in the backbone: save the activations' memory
                 tokens = self._patch_tokens(pixels)
         else:
             tokens = self._patch_tokens(pixels)
-        return self.forward_features(tokens, output_size=images.shape[-1])
+        return self.forward_features(tokens, output_size=images.shape[-1], text=text)
 
     # ------------------------------------------------------------ utilities
     def trainable_parameters(self) -> dict[str, nn.Parameter]:

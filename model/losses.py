@@ -46,8 +46,16 @@ class LossParts:
     dice: torch.Tensor
 
 
+FOCAL_TARGETS = ("pixels", "image")
+
+
 class FusionLoss(nn.Module):
-    """w_img * Focal(pred_score, y_img) + w_seg * Dice(anomaly_map, mask); weights 1/1, gamma 2.
+    """w_img * Focal + w_seg * Dice(anomaly_map, mask); weights 1/1, gamma 2.
+
+    ``focal_on="pixels"`` (the default) applies the focal loss to every pixel of the map against the
+    mask, as MediCLIP's code does; ``"image"`` to the image score (the map's maximum) against y_img, as
+    the dissertation's eq. 15 reads. With the image form the first steps drive the map into saturation,
+    where the Dice gradient vanishes, and training stalls (docs/train.md, "Why the loss is per pixel").
 
     Example:
         >>> loss = FusionLoss()
@@ -57,9 +65,12 @@ class FusionLoss(nn.Module):
         1.0622
     """
 
-    def __init__(self, w_img: float = 1.0, w_seg: float = 1.0, gamma: float = 2.0, smooth: float = 1.0) -> None:
+    def __init__(self, w_img: float = 1.0, w_seg: float = 1.0, gamma: float = 2.0, smooth: float = 1.0,
+                 focal_on: str = "pixels") -> None:
         super().__init__()
-        self.w_img, self.w_seg, self.gamma, self.smooth = w_img, w_seg, gamma, smooth
+        if focal_on not in FOCAL_TARGETS:
+            raise ValueError(f"focal_on must be one of {FOCAL_TARGETS}, got {focal_on!r}")
+        self.w_img, self.w_seg, self.gamma, self.smooth, self.focal_on = w_img, w_seg, gamma, smooth, focal_on
 
     def forward(self, outputs: dict[str, torch.Tensor], mask: torch.Tensor) -> LossParts:
         amap = outputs["anomaly_map"]
@@ -67,6 +78,9 @@ class FusionLoss(nn.Module):
             mask = mask[:, None]
         if mask.shape != amap.shape:
             raise ValueError(f"mask shape {tuple(mask.shape)} does not match anomaly_map {tuple(amap.shape)}")
-        focal = focal_loss(outputs["pred_score"], image_labels(mask), self.gamma)
+        if self.focal_on == "pixels":
+            focal = focal_loss(amap.flatten(), mask.flatten(), self.gamma)
+        else:
+            focal = focal_loss(outputs["pred_score"], image_labels(mask), self.gamma)
         dice = dice_loss(amap, mask, self.smooth)
         return LossParts(total=self.w_img * focal + self.w_seg * dice, focal=focal, dice=dice)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from model_helpers import encode_text_reference, train_steps
 
-from model import FusionMedCLIP, FusionMedCLIPConfig
+from model import FusionMedCLIP, FusionMedCLIPConfig, check_unit_range
 from model.umls import UMLS_CLASS_NAMES, UMLS_CONTEXT_INIT
 
 TINY = {
@@ -171,9 +171,6 @@ def test_training_step_moves_only_trainable_parts(tiny_arch):
     ("x", "match"),
     [
         (torch.rand(2, 2, 32, 32), "1 \\(grey\\) or 3 channels"),
-        (torch.rand(2, 1, 32, 32) * 255, "\\[0, 1\\]"),
-        (-torch.rand(2, 1, 32, 32), "\\[0, 1\\]"),
-        (torch.full((1, 1, 32, 32), float("nan")), "\\[0, 1\\]"),
         (torch.rand(2, 1, 64, 64), "32x32"),
         (torch.rand(1, 32, 32), "\\(B, C, H, W\\)"),
         (torch.randint(0, 2, (1, 1, 32, 32)), "floating point"),
@@ -183,6 +180,21 @@ def test_bad_input_is_refused(tiny_arch, x, match):
     m = tiny(tiny_arch)
     with pytest.raises(ValueError, match=match):
         m(x)
+
+
+@pytest.mark.parametrize("x", [torch.rand(2, 1, 32, 32) * 255, -torch.rand(2, 1, 32, 32),
+                               torch.full((1, 1, 32, 32), float("nan"))])
+def test_values_outside_the_unit_range_are_refused_where_data_enters(x):
+    with pytest.raises(ValueError, match="\\[0, 1\\]"):
+        check_unit_range(x)
+    check_unit_range(x.nan_to_num(0.5).clamp(0, 1))  # the same batch in range passes
+
+
+def test_text_features_given_once_give_the_same_maps(tiny_arch):
+    m = tiny(tiny_arch).eval()
+    x = images(2)
+    with torch.no_grad():
+        assert torch.equal(m(x, text=m.text_features())["anomaly_map"], m(x)["anomaly_map"])
 
 
 def test_bad_settings_are_refused(tiny_arch):

@@ -54,7 +54,7 @@ def test_fusion_loss_total_and_parts():
     amap = torch.tensor([[[[0.5, 1.0], [0.0, 0.25]]], [[[0.2, 0.2], [0.2, 0.2]]]], requires_grad=True)
     out = {"anomaly_map": amap, "pred_score": amap.flatten(1).amax(1)}
     mask = torch.tensor([[[[1.0, 1.0], [0.0, 0.0]]], [[[0.0, 0.0], [0.0, 0.0]]]])
-    parts = FusionLoss()(out, mask[:, 0])  # (B, H, W) masks are accepted too
+    parts = FusionLoss(focal_on="image")(out, mask[:, 0])  # (B, H, W) masks are accepted too
     focal = (0.0 + 0.2**2 * -math.log(0.8)) / 2  # score 1.0 on the anomalous image: clamped, ~0
     dice = ((1 - 4 / 4.75) + (1 - 1 / 1.8)) / 2
     assert parts.focal.item() == pytest.approx(focal, abs=1e-6)
@@ -62,8 +62,16 @@ def test_fusion_loss_total_and_parts():
     assert parts.total.item() == pytest.approx(focal + dice, rel=1e-6)
     parts.total.backward()
     assert amap.grad is not None
-    weighted = FusionLoss(w_img=2.0, w_seg=0.5)(out, mask)
+    weighted = FusionLoss(w_img=2.0, w_seg=0.5, focal_on="image")(out, mask)
     assert weighted.total.item() == pytest.approx(2 * focal + 0.5 * dice, rel=1e-6)
+    # The default: focal over every pixel against the mask (MediCLIP's code), by hand over the 8 pixels:
+    # 0.5 and 1.0 anomalous, 0.0 and 0.25 normal, then four normal 0.2 (1.0 and 0.0 clamped: ~0).
+    pixel_focal = (0.5**2 * -math.log(0.5) + 0.25**2 * -math.log(0.75) + 4 * 0.2**2 * -math.log(0.8)) / 8
+    parts = FusionLoss()(out, mask)
+    assert parts.focal.item() == pytest.approx(pixel_focal, rel=1e-5)
+    assert parts.total.item() == pytest.approx(pixel_focal + dice, rel=1e-5)
+    with pytest.raises(ValueError, match="focal_on"):
+        FusionLoss(focal_on="max")
 
 
 def test_fusion_loss_refuses_mismatched_mask():
