@@ -1,11 +1,15 @@
 """LoRA on the vision tower through peft (every block's attention incl. its output projection, and the MLP).
 
-peft (0.21 and before; upstream pull request #3774, open when this was written) applies the LoRA delta of
-``nn.MultiheadAttention``'s output projection twice: its ``merge`` adds ``dW`` by hand and then again through
-the projection's own ``merge``, so the forward and the merged export compute ``W + 2 dW`` while the gradient
-is that of ``W + dW``. :func:`add_lora` checks once per process whether the installed peft does this and, if
-so, registers :class:`OutProjOnce` for ``nn.MultiheadAttention`` through peft's custom-module hook; with a peft
-that applies the delta once, peft's own layer is used unchanged.
+peft's LoRA layer for ``nn.MultiheadAttention`` (open_clip's fused attention) has two faults, both fixed by
+:class:`FusedAttentionLora`, which :func:`lora_config` registers through peft's custom-module hook:
+
+- its forward merges the deltas into the base weights and unmerges them after every call, so the frozen
+  weights drift by rounding step after step (W + dW - dW is not W in floating point); here the forward
+  computes the attention with ``W + dW`` as temporaries and never writes the base weights;
+- peft 0.21 and before (upstream pull request #3774, open when this was written) apply the output
+  projection's delta twice in ``merge`` (``W + 2 dW``, used by the merged export) and take it off twice in
+  ``unmerge``; where a probe finds the installed peft doing so, one delta is taken off after merging and
+  put back before unmerging.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import functools
 
 import torch
+import torch.nn.functional as F
 from peft import LoraConfig, LoraModel
 from peft.tuners.lora.layer import MultiheadAttention as PeftLoraMultiheadAttention
 from torch import nn
@@ -26,15 +31,36 @@ VISION_LORA_TARGETS = NATIVE_LORA_TARGETS
 ADAPTER_NAME = "default"
 
 
-class OutProjOnce(PeftLoraMultiheadAttention):
-    """peft's LoRA layer for ``nn.MultiheadAttention`` with the output projection's delta applied once.
+class FusedAttentionLora(PeftLoraMultiheadAttention):
+    """peft's LoRA layer for ``nn.MultiheadAttention``: a forward that leaves the base weights untouched,
+    and a merge that applies each delta once (see the module's docstring)."""
 
-    peft's ``merge`` leaves ``W_out + 2 dW_out`` (its own term plus the projection's ``merge``) and its
-    ``unmerge`` takes ``dW_out`` off twice; this layer takes one delta off after merging and puts it back
-    before unmerging. Only ``.data`` is touched, so the autograd graph (one delta) is peft's own.
-    """
+    def _active(self) -> list[str]:
+        return [name for name in self.active_adapters if name in self.lora_A]
 
-    def _out_proj_deltas(self, names: list[str]) -> torch.Tensor | None:
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                key_padding_mask: torch.Tensor | None = None, need_weights: bool = True,
+                attn_mask: torch.Tensor | None = None, average_attn_weights: bool = True,
+                is_causal: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        names = self._active()
+        mha = self.get_base_layer()
+        if self.disable_adapters or self.merged or not names:
+            return super().forward(query, key, value, key_padding_mask=key_padding_mask,
+                                   need_weights=need_weights, attn_mask=attn_mask,
+                                   average_attn_weights=average_attn_weights, is_causal=is_causal)
+        out_proj = mha.out_proj.get_base_layer()
+        w_in = mha.in_proj_weight + sum(self.get_delta_weight(n) for n in names)
+        w_out = out_proj.weight + sum(mha.out_proj.get_delta_weight(n) for n in names)
+        if mha.batch_first:  # the functional form takes (L, N, E)
+            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+        out, weights = F.multi_head_attention_forward(
+            query, key, value, mha.embed_dim, mha.num_heads, w_in, mha.in_proj_bias, mha.bias_k, mha.bias_v,
+            mha.add_zero_attn, mha.dropout, w_out, out_proj.bias, training=self.training,
+            key_padding_mask=key_padding_mask, need_weights=need_weights, attn_mask=attn_mask,
+            average_attn_weights=average_attn_weights, is_causal=is_causal)
+        return (out.transpose(0, 1) if mha.batch_first else out), weights
+
+    def _out_proj_delta(self, names: list[str]) -> torch.Tensor | None:
         out = self.get_base_layer().out_proj
         deltas = [out.get_delta_weight(n) for n in names if n in self.lora_A]
         return sum(deltas) if deltas else None
@@ -42,13 +68,13 @@ class OutProjOnce(PeftLoraMultiheadAttention):
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         already = len(self.merged_adapters)
         super().merge(safe_merge=safe_merge, adapter_names=adapter_names)
-        delta = self._out_proj_deltas(self.merged_adapters[already:])
+        delta = self._out_proj_delta(self.merged_adapters[already:]) if peft_doubles_out_proj() else None
         if delta is not None:
             weight = self.get_base_layer().out_proj.get_base_layer().weight
             weight.data -= delta.to(weight.dtype)
 
     def unmerge(self) -> None:
-        delta = self._out_proj_deltas(list(self.merged_adapters)) if self.merged else None
+        delta = self._out_proj_delta(list(self.merged_adapters)) if self.merged and peft_doubles_out_proj() else None
         if delta is not None:
             weight = self.get_base_layer().out_proj.get_base_layer().weight
             weight.data += delta.to(weight.dtype)
@@ -87,8 +113,7 @@ def lora_config(config: FusionMedCLIPConfig, targets: str = VISION_LORA_TARGETS)
         target_modules=targets,
         bias="none",
     )
-    if peft_doubles_out_proj():
-        lora._register_custom_module({nn.MultiheadAttention: OutProjOnce})
+    lora._register_custom_module({nn.MultiheadAttention: FusedAttentionLora})
     return lora
 
 

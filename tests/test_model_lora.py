@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from test_model_core import tiny, tiny_arch  # noqa: F401  (the fixture registers the tiny architecture)
 from torch import nn
 
-from model.lora import ADAPTER_NAME, OutProjOnce, peft_doubles_out_proj
+from model.lora import ADAPTER_NAME, FusedAttentionLora, peft_doubles_out_proj
 
 
 def _ab(layer) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,7 +70,7 @@ def test_merged_export_applies_each_delta_once(trained_lora):
     """The merged tower's weights are the base weights plus one delta each, and its maps are the LoRA model's."""
     expected = {}
     for name, module in trained_lora.clip.visual.named_modules():
-        if isinstance(module, OutProjOnce) or (hasattr(module, "lora_A") and ADAPTER_NAME in module.lora_A
+        if isinstance(module, FusedAttentionLora) or (hasattr(module, "lora_A") and ADAPTER_NAME in module.lora_A
                                                and isinstance(module.get_base_layer(), nn.MultiheadAttention)):
             a, b = _ab(module)
             a_out, b_out = _ab(module.base_layer.out_proj)
@@ -88,14 +88,17 @@ def test_merged_export_applies_each_delta_once(trained_lora):
         assert (merged(x)["anomaly_map"] - trained_lora(x)["anomaly_map"]).abs().max() <= 1e-5
 
 
-def test_forward_leaves_base_weights_unchanged(trained_lora):
+def test_training_leaves_base_weights_bit_for_bit(trained_lora):
+    """peft's own layer merges and unmerges around each forward, so its base weights drift by rounding."""
     before = {n: p.detach().clone() for n, p in trained_lora.clip.visual.named_parameters() if "lora_" not in n}
     x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    trained_lora.train()
     for _ in range(3):
-        trained_lora(x)
+        trained_lora(x)["anomaly_map"].mean().backward()
     after = dict(trained_lora.clip.visual.named_parameters())
+    assert set(after) >= set(before)
     for n, p in before.items():
-        assert torch.allclose(after[n], p, atol=1e-6), n
+        assert torch.equal(after[n], p), n
 
 
 def test_the_probe_sees_what_the_installed_peft_does():
