@@ -54,7 +54,7 @@ def tasks_of(path: str) -> np.ndarray:
     """Every sample's task name, in sample order."""
     import zarr
 
-    return np.asarray(zarr.open_group(path, mode="r")["tasks"][:]).astype(str)
+    return np.array(zarr.open_group(path, mode="r")["tasks"][:].tolist(), dtype=str)
 
 
 def split_samples(tasks: np.ndarray, *, val_tasks: list[str], val_fraction: float, val_samples: int,

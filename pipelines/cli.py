@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fewshot": ("pipelines.fewshot", "draw a seeded k-shot support set of normal training images"),
     "generate": ("pipelines.generate", "pre-generate a synthetic training set into a sharded zarr cache"),
     "verify": ("pipelines.verify", "check a cache: completeness, shard checksums, regenerated samples"),
+    "train": ("pipelines.train", "train the adapted CLIP from a cache: run folder, checkpoints, resume, DDP"),
 }
 
 
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[name][0])
     command_parser = argparse.ArgumentParser(prog=f"fmclip {name}", description=COMMANDS[name][1])
     module.add_arguments(command_parser)
-    args = command_parser.parse_args(argv[1:])
+    args = command_parser.parse_intermixed_args(argv[1:])  # train takes key=value overrides anywhere
     return int(module.run(args) or 0)
 
 
