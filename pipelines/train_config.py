@@ -92,6 +92,8 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
         if isinstance(default, int) and float(number) != int(number):
             raise ConfigError(f"{key} must be a whole number, got {value!r}")
         return type(default)(number)
+    if isinstance(default, str) and isinstance(value, bool):  # YAML 1.1 reads off/on/no/yes as booleans
+        return "on" if value else "off"
     if isinstance(default, list) and not isinstance(value, list):
         raise ConfigError(f"{key} must be a list, got {value!r}")
     return value

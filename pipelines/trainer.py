@@ -225,17 +225,22 @@ def train(config: dict[str, Any], *, out: str | Path = "runs", name: str | None 
         run.log(f"resumed from {latest.name}: epoch {start_epoch}, step {step}")
 
     tokens = val_tokens = None
-    if mcfg.stage == 2 and t["feature_cache"] == "auto":
+    if mcfg.stage == 2:
         shape = FeatureCache.token_shape(model)
         dtype = torch.bfloat16 if rt.precision == "amp_bf16" else torch.float32
         need = FeatureCache.nbytes(len(train_idx) + len(val_idx), shape, dtype)
-        if passes > 1 and need <= t["feature_cache_gb"] * 2**30:
+        if t["feature_cache"] == "off":
+            why = "train.feature_cache=off"
+        elif passes <= 1:
+            why = "each sample is seen once"
+        elif need > t["feature_cache_gb"] * 2**30:
+            why = f"needs {need / 2**30:.1f} GiB > train.feature_cache_gb"
+        else:
+            why = ""
             tokens = FeatureCache(train_idx, shape, dtype, rt.device)
             val_tokens = FeatureCache(np.arange(len(val_idx)), shape, dtype, rt.device)
-            run.log(f"feature cache: on ({need / 2**30:.2f} GiB at most, {dtype})")
-        else:
-            why = "each sample is seen once" if passes <= 1 else f"needs {need / 2**30:.1f} GiB > train.feature_cache_gb"
-            run.log(f"feature cache: off ({why}); every step runs the backbone")
+        run.log(f"feature cache: on ({need / 2**30:.2f} GiB at most, {dtype})" if tokens is not None
+                else f"feature cache: off ({why}); every step runs the backbone")
     step_model: torch.nn.Module = _Step(model)
     if rt.world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -248,8 +253,11 @@ def train(config: dict[str, Any], *, out: str | Path = "runs", name: str | None 
 
     source = TrainBatches(dataset, train_idx, batch_size=batch, seed=t["seed"], start=step, stop=total,
                           rank=rt.rank, world_size=rt.world)
+    # A generator of its own: the DataLoader draws a base seed when iterated, which must not advance the
+    # global stream that dropout uses (a resumed run would then differ from an uninterrupted one).
     loader = DataLoader(source, batch_size=None, num_workers=workers, pin_memory=rt.device.type == "cuda",
-                        multiprocessing_context="spawn" if workers else None)
+                        multiprocessing_context="spawn" if workers else None,
+                        generator=torch.Generator().manual_seed(t["seed"]))
     run.log(f"train: {len(train_idx)} samples of {cache['path']}; validation: {len(val_idx)} samples "
             f"({'second cache' if val_cache else ('held-out tasks ' + str(t['val_tasks'])) if t['val_tasks'] else 'a seeded share'}); "
             f"{t['epochs']} epochs x {per_epoch} steps of {batch} ({total * batch} samples, {passes:.2f} passes); "
