@@ -1,5 +1,6 @@
-"""pipelines: the jobs users run (``fmclip generate``, ``verify``, ``prepare``, ``fewshot``,
-``demo``) and the synthetic-set cache's loading side.
+"""pipelines: the jobs users run (``fmclip generate``, ``verify``, ``train``, ``prepare``, ``fewshot``,
+``demo``) and the synthetic-set cache's loading side. Training's job is ``pipelines.trainer.train``
+(docs/train.md); its metrics are ``pipelines.metrics``.
 
 Public API::
 

@@ -44,6 +44,8 @@ from .kernels import find_set_rows, to_uint8_into
 from .shards import ZSTD_CHUNKS, ShardFiles, atomic_write, crc32c
 
 FORMAT = "fmclip-cache/1"
+# method.md: 200 epochs, each one pass over the k support images synthesised afresh: 200 k samples.
+METHOD_EPOCHS = 200
 ARRAYS_2D = ("images", "masks")
 ARRAYS_1D = {"labels": "uint8", "seeds": "uint64", "source_index": "int32",
              "tasks": str, "source_ids": str, "records": str}

@@ -24,6 +24,7 @@ from typing import Any
 from .cache import (
     COMPRESSORS,
     FORMAT,
+    METHOD_EPOCHS,
     THREAD_VARIABLES,
     CacheError,
     mark_done,
@@ -43,7 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="prepared dataset (index.jsonl) or a folder of normal images")
     parser.add_argument("--support", default=None, help="few-shot support file: use only its images")
     parser.add_argument("--out", required=True, help="cache to write, e.g. cache.zarr (resumed if it exists)")
-    parser.add_argument("--samples", type=int, required=True, help="number of samples N")
+    parser.add_argument("--samples", type=int, default=None,
+                        help=f"number of samples N (default {METHOD_EPOCHS} x the number of source images k: "
+                             "method.md's whole training run, 200 epochs of the k images, each read once)")
     parser.add_argument("--seed", type=int, required=True, help="seed S of the whole set")
     parser.add_argument("--size", type=int, default=224, help="working size; folder images are resized to it")
     parser.add_argument("--shard-size", type=int, default=256, help="samples per shard (the unit of work)")
@@ -231,11 +234,13 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
     """Run the generation; returns a summary. Raises DataError / CacheError / OSError."""
     import synth
 
-    if args.samples < 1 or args.shard_size < 1 or args.chunk_size < 1 or args.size < 16:
+    if (args.samples is not None and args.samples < 1) or args.shard_size < 1 or args.chunk_size < 1 or args.size < 16:
         raise DataError("--samples, --shard-size and --chunk-size must be positive and --size at least 16")
     if args.shard_size % min(args.chunk_size, args.shard_size):
         raise DataError(f"--chunk-size {args.chunk_size} must divide --shard-size {args.shard_size}")
     spec = source_spec(args.data, size=args.size, support=args.support)
+    if args.samples is None:
+        args.samples = METHOD_EPOCHS * len(spec["items"])
     settings = build_settings(args, spec)
     out = Path(args.out)
     if out.parent.exists() and not out.parent.is_dir():

@@ -23,11 +23,13 @@ import yaml
 from model import LEARNING_RATES, FusionMedCLIPConfig
 from model.losses import FOCAL_TARGETS
 
+from .cache import METHOD_EPOCHS
+
 TRAIN_DEFAULTS: dict[str, Any] = {
     "seed": 0,
     # Length: `epochs` epochs of `epoch_samples` samples each (null: the cache's number of source
     # images k, method.md's epoch of one pass over the k support images): 200 k samples by default.
-    "epochs": 200,
+    "epochs": METHOD_EPOCHS,
     "epoch_samples": None,
     "batch_size": 8,  # global: split evenly over DDP ranks
     "lr": dict(LEARNING_RATES),

@@ -164,3 +164,13 @@ def test_print_config_shows_the_resolved_defaults(capsys):
     assert printed["train"]["lr"] == {"prompts": 1e-3, "alignment_adapters": 1e-3, "lora": 3e-5, "block_adapters": 5e-5}
     assert printed["train"]["weight_decay"] == 0.01 and printed["train"]["betas"] == [0.9, 0.999]
     assert json.dumps(printed)  # plain data, no Python objects
+
+
+def test_generate_sizes_a_cache_for_the_methods_run(images, tmp_path):
+    """Without --samples, a cache holds 200 k samples: the method's 200 epochs of the k images, read once."""
+    assert cli.main(["generate", "--data", str(images), "--out", str(tmp_path / "c.zarr"), "--seed", "0", "--size", "16",
+                     "--shard-size", "400", "--workers", "1", "--no-progress"]) == 0
+    from pipelines.trainer import open_cache
+
+    cache = open_cache(str(tmp_path / "c.zarr"))
+    assert cache["sources"] == 6 and cache["samples"] == 200 * 6
