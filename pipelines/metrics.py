@@ -25,7 +25,16 @@ ECE_BINS = 15
 AUPRO_FPR_LIMIT = 0.3
 
 
-def _split(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+Split = tuple[np.ndarray, np.ndarray]  # (positives' scores sorted, negatives' scores sorted)
+
+
+def split_sorted(scores: np.ndarray, labels: np.ndarray) -> Split:
+    """Scores of the positives and of the negatives, each sorted; pass it as ``ranked=`` to several metrics
+    of the same scores, so they sort once."""
+    return _split(scores, labels)
+
+
+def _split(scores: np.ndarray, labels: np.ndarray) -> Split:
     s = np.asarray(scores).ravel()
     y = np.asarray(labels).ravel().astype(bool)
     if s.shape != y.shape:
@@ -50,9 +59,9 @@ def threshold_counts(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray
     return thresholds, _at_or_above(pos, thresholds), _at_or_above(neg, thresholds)
 
 
-def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+def roc_auc(scores: np.ndarray, labels: np.ndarray, ranked: Split | None = None) -> float:
     """Area under the ROC curve; a tie between a positive and a negative counts one half."""
-    pos, neg = _split(scores, labels)
+    pos, neg = ranked or _split(scores, labels)
     below = np.searchsorted(neg, pos, side="left").sum(dtype=np.float64)
     not_above = np.searchsorted(neg, pos, side="right").sum(dtype=np.float64)
     return float((below + not_above) / 2 / (len(pos) * len(neg)))
@@ -66,18 +75,29 @@ def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nd
     return fpr, tpr, np.concatenate([[np.inf], thresholds])
 
 
+def _at_positive_scores(scores: np.ndarray, labels: np.ndarray,
+                        ranked: Split | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Distinct positive scores t (decreasing) with tp and fp at each (score >= t), and the positives' count.
+
+    Precision-recall quantities need only these thresholds: between two of them, lowering the threshold
+    adds negatives only, which changes neither recall nor anything F1 or average precision can gain."""
+    pos, neg = ranked or _split(scores, labels)
+    thresholds = np.unique(pos)[::-1]
+    return thresholds, _at_or_above(pos, thresholds), _at_or_above(neg, thresholds), len(pos)
+
+
 def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
     """sum over thresholds of (R_n - R_{n-1}) P_n (scikit-learn's average precision)."""
-    _, tp, fp = threshold_counts(scores, labels)
+    _, tp, fp, positives = _at_positive_scores(scores, labels)
     precision = tp / (tp + fp)
-    recall = tp / tp[-1]
+    recall = tp / positives
     return float(np.sum(np.diff(np.concatenate([[0.0], recall])) * precision))
 
 
-def f1_max(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+def f1_max(scores: np.ndarray, labels: np.ndarray, ranked: Split | None = None) -> tuple[float, float]:
     """The best F1 over all thresholds (score >= t is anomalous) and that threshold."""
-    thresholds, tp, fp = threshold_counts(scores, labels)
-    f1 = 2 * tp / (tp + fp + tp[-1])  # 2PR / (P + R) with P = tp / (tp + fp), R = tp / positives
+    thresholds, tp, fp, positives = _at_positive_scores(scores, labels, ranked)
+    f1 = 2 * tp / (tp + fp + positives)  # 2PR / (P + R) with P = tp / (tp + fp), R = tp / positives
     best = int(np.argmax(f1))
     return float(f1[best]), float(thresholds[best])
 
@@ -126,12 +146,14 @@ def _regions(masks: np.ndarray) -> tuple[np.ndarray, int]:
     return labels, total
 
 
-def aupro(anomaly_map: np.ndarray, gt_mask: np.ndarray, fpr_limit: float = AUPRO_FPR_LIMIT) -> float:
+def aupro(anomaly_map: np.ndarray, gt_mask: np.ndarray, fpr_limit: float = AUPRO_FPR_LIMIT,
+          normal_sorted: np.ndarray | None = None) -> float:
     """MVTec AD's normalised area under the per-region-overlap curve up to ``fpr_limit``.
 
     At a threshold t: FPR = normal pixels >= t / all normal pixels; PRO = mean over regions of the region's
     share of pixels >= t. The curve runs through (0, 0) and every distinct score; its area up to
-    ``fpr_limit`` (linear interpolation at the limit) is divided by ``fpr_limit``.
+    ``fpr_limit`` (linear interpolation at the limit) is divided by ``fpr_limit``. ``normal_sorted``: the
+    normal pixels' scores already sorted (``split_sorted(maps, masks)[1]``).
     """
     maps = np.asarray(anomaly_map).reshape(-1, *np.shape(anomaly_map)[-2:])
     masks = np.asarray(gt_mask).reshape(maps.shape).astype(bool)
@@ -139,14 +161,19 @@ def aupro(anomaly_map: np.ndarray, gt_mask: np.ndarray, fpr_limit: float = AUPRO
     if n_regions == 0 or masks.all():
         raise ValueError("AUPRO needs at least one anomalous region and one normal pixel")
     flat = regions.ravel()
-    normal = np.sort(maps.ravel()[flat == 0])
+    normal = np.sort(maps.ravel()[flat == 0]) if normal_sorted is None else normal_sorted
     inside = flat > 0
     order = np.argsort(maps.ravel()[inside], kind="stable")  # anomalous pixels only: few
     anomalous = maps.ravel()[inside][order]
     sizes = np.bincount(flat[inside])
     weights = 1.0 / (sizes[flat[inside][order]] * n_regions)
     pro_at_or_above = np.concatenate([np.cumsum(weights[::-1])[::-1], [0.0]])  # index: first pixel >= t
-    thresholds = np.unique(np.concatenate([normal, anomalous]))[::-1]
+    # Only thresholds down to the first with FPR above the limit matter: the normal score that first
+    # passes it, and every score above.
+    floor = normal[max(0, len(normal) - int(np.floor(fpr_limit * len(normal))) - 1)]
+    candidates = np.concatenate([normal[np.searchsorted(normal, floor, side="left"):],
+                                 anomalous[np.searchsorted(anomalous, floor, side="left"):]])
+    thresholds = np.unique(candidates)[::-1]
     fpr = _at_or_above(normal, thresholds) / len(normal)
     pro = pro_at_or_above[np.searchsorted(anomalous, thresholds, side="left")]
     fpr, pro = np.concatenate([[0.0], fpr]), np.concatenate([[0.0], pro])
@@ -164,11 +191,12 @@ def pixel_metrics(anomaly_map: np.ndarray, gt_mask: np.ndarray, aupro_too: bool 
     only where some image is normal and some anomalous."""
     maps = np.asarray(anomaly_map).reshape(-1, *np.shape(anomaly_map)[-2:])
     masks = np.asarray(gt_mask).reshape(maps.shape).astype(bool)
-    f1, threshold = f1_max(maps, masks)
-    out = {"pixel_AUROC": roc_auc(maps, masks), "pixel_F1Max": f1, "pixel_F1Max_threshold": threshold}
+    ranked = _split(maps, masks)  # one sort of every pixel for AUROC, F1 and AUPRO's normal pixels
+    f1, threshold = f1_max(maps, masks, ranked)
+    out = {"pixel_AUROC": roc_auc(maps, masks, ranked), "pixel_F1Max": f1, "pixel_F1Max_threshold": threshold}
     anomalous = masks.any(axis=(1, 2))
     if anomalous.any() and not anomalous.all():
         out["pixel_AUROC_anomalous"] = roc_auc(maps[anomalous], masks[anomalous])
     if aupro_too:
-        out["pixel_AUPRO"] = aupro(maps, masks)
+        out["pixel_AUPRO"] = aupro(maps, masks, normal_sorted=ranked[1])
     return out
