@@ -5,7 +5,7 @@ Public API::
     from model import FusionMedCLIP, FusionMedCLIPConfig, FusionLoss, build_optimizer
 """
 
-from .adapters import AlignmentAdapter, BlockAdapter, gap_embedding
+from .adapters import AlignmentAdapter, BlockAdapter, gap_embedding, head_embedding
 from .backbone import BackboneInfo, create_clip, weights_fingerprint
 from .checkpoint import check_fingerprint, load_checkpoint, load_merged, save_checkpoint, save_merged
 from .config import FusionMedCLIPConfig, default_feature_blocks
@@ -39,6 +39,7 @@ __all__ = [
     "encode_text_embeddings",
     "focal_loss",
     "gap_embedding",
+    "head_embedding",
     "image_labels",
     "load_checkpoint",
     "load_merged",

@@ -38,6 +38,13 @@ def gap_embedding(tokens: torch.Tensor, visual: nn.Module) -> torch.Tensor:
     return F.normalize(vision_tower(visual).pool(tokens), dim=-1)[:, :, None, None]
 
 
+def head_embedding(tokens: torch.Tensor, visual: nn.Module) -> torch.Tensor:
+    """Each patch token (B, W, h, w) through the tower's own frozen norm and projection: (B, E, h, w), L2 per
+    position. No trainable parameters: the zero-shot baseline's map (``alignment="head"``, with manual prompts)."""
+    x = vision_tower(visual).project(tokens.permute(0, 2, 3, 1))
+    return F.normalize(x, dim=-1).permute(0, 3, 1, 2)
+
+
 class BlockAdapter(nn.Module):
     """alpha_j: x + up(dropout(gelu(down(x)))), with ``up`` zero-initialised so it starts as the identity.
 

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 PROMPT_MODES = ("coop_umls", "coop", "manual")
-ALIGNMENTS = ("adapter", "gap")
+ALIGNMENTS = ("adapter", "gap", "head")
 
 
 @dataclass
@@ -63,8 +63,9 @@ class FusionMedCLIPConfig:
             raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {self.alignment!r}")
         if self.stage not in (2, 3):
             raise ValueError(f"stage must be 2 or 3, got {self.stage!r}")
-        if self.stage == 3 and self.alignment == "gap":
-            raise ValueError("stage 3 trains through the alignment adapter; alignment='gap' is a stage-2 ablation")
+        if self.stage == 3 and self.alignment != "adapter":
+            raise ValueError(f"stage 3 trains through the alignment adapter; alignment={self.alignment!r} "
+                             "is a stage-2 setting (an ablation or the zero-shot baseline)")
         if self.n_ctx < 1:
             raise ValueError(f"n_ctx must be >= 1, got {self.n_ctx}")
         if not self.tau > 0:

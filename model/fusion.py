@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .adapters import AlignmentAdapter, BlockAdapter, gap_embedding
+from .adapters import AlignmentAdapter, BlockAdapter, gap_embedding, head_embedding
 from .backbone import backbone_info, create_clip, resolve_blocks, weights_fingerprint
 from .config import FusionMedCLIPConfig
 from .lora import add_lora, merge_lora
@@ -176,7 +176,12 @@ class FusionMedCLIP(nn.Module):
                 raise ValueError(
                     f"features must be (B, {self.info.width}, h, w) per block, got {tuple(tokens.shape)}"
                 )
-            emb = self.align[i](tokens) if len(self.align) else gap_embedding(tokens, self.clip.visual)
+            if len(self.align):
+                emb = self.align[i](tokens)
+            elif self.config.alignment == "head":
+                emb = head_embedding(tokens, self.clip.visual)
+            else:
+                emb = gap_embedding(tokens, self.clip.visual)
             logits = torch.einsum("behw,ce->bchw", emb.float(), text) / self.tau
             prob = logits.softmax(dim=1)[:, 1:2]
             maps.append(F.interpolate(prob, size=(size, size), mode="bilinear", align_corners=False))

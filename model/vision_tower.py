@@ -90,6 +90,10 @@ class VisionTower(ABC):
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """Average patch tokens (B, width, h, w) over space through the tower's frozen norm and head: (B, embed_dim)."""
 
+    @abstractmethod
+    def project(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Each token (..., width) through the tower's frozen norm and head, one by one: (..., embed_dim)."""
+
 
 class NativeVisionTower(VisionTower):
     """open_clip's own ``VisionTransformer``."""
@@ -117,10 +121,11 @@ class NativeVisionTower(VisionTower):
         return self.module.transformer.resblocks
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
-        pooled = self.module.ln_post(tokens.mean(dim=(2, 3)))
-        if self.module.proj is not None:
-            pooled = pooled @ self.module.proj
-        return pooled
+        return self.project(tokens.mean(dim=(2, 3)))
+
+    def project(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.module.ln_post(tokens)
+        return x @ self.module.proj if self.module.proj is not None else x
 
 
 def _is_timm_vit(trunk: nn.Module) -> bool:
@@ -181,6 +186,12 @@ class TimmVisionTower(VisionTower):
         # (forward_head), then open_clip's projection head; only the pool becomes a plain mean.
         # For a tower trained with average pooling this is exactly its image embedding.
         x = self.trunk.norm(tokens.flatten(2).transpose(1, 2)).mean(dim=1)
+        return self._head(x)
+
+    def project(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self._head(self.trunk.norm(tokens))
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
         x = self.trunk.head(self.trunk.head_drop(self.trunk.fc_norm(x)))
         return self.module.head(x)
 

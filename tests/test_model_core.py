@@ -215,3 +215,24 @@ def test_config_json_round_trip():
     cfg = FusionMedCLIPConfig(arch="ViT-B-16", feature_blocks=(6, 9, 12), class_names={"normal": ["a"], "anomaly": ["b", "c"]})
     assert FusionMedCLIPConfig.from_json(cfg.to_json()) == cfg
     assert FusionMedCLIPConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_head_alignment_maps_each_patch_through_clips_own_head(tmp_path):
+    """alignment="head": every patch token through the tower's frozen ln_post and projection. With one patch
+    (patch size = image size) and average pooling, that is exactly open_clip's encode_image."""
+    cfg = json.loads(json.dumps(TINY))
+    cfg["vision_cfg"].update(patch_size=32, pool_type="avg", final_ln_after_pool=True)
+    (tmp_path / "fmc-tiny-one-patch.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp_path)
+    m = tiny("fmc-tiny-one-patch", prompt_mode="manual", alignment="head", feature_blocks=(4,)).eval()
+    assert sum(p.numel() for p in m.trainable_parameters().values()) == 0
+    x = images(2, 3)
+    with torch.no_grad():
+        img = F.normalize(m.clip.encode_image(m.preprocess(x)), dim=-1)
+        tokenizer = open_clip.get_tokenizer("fmc-tiny-one-patch")
+        txt = F.normalize(m.clip.encode_text(tokenizer(["a photo of a normal", "a photo of a abnormal"])), dim=-1)
+        out = m(x)
+    p = (img @ txt.T / 0.07).softmax(-1)[:, 1]
+    assert torch.allclose(out["pred_score"], p, atol=1e-5)
+    with pytest.raises(ValueError, match="stage 3 trains through the alignment adapter"):
+        FusionMedCLIPConfig(alignment="head", stage=3)
