@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("pipelines.generate", "pre-generate a synthetic training set into a sharded zarr cache"),
     "verify": ("pipelines.verify", "check a cache: completeness, shard checksums, regenerated samples"),
     "train": ("pipelines.train", "train the adapted CLIP from a cache: run folder, checkpoints, resume, DDP"),
+    "evaluate": ("pipelines.evaluate", "measure a run (or a zero-shot / PatchCore baseline) on a test split"),
 }
 
 
