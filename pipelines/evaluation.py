@@ -195,7 +195,7 @@ def _pictures(out: Path, test: TestSplit, amap: np.ndarray, score: np.ndarray, g
         draw_reliability(reliability_bins(score, test.labels), out / "reliability.png", label)
     order = np.argsort(-score, kind="stable")
     rng = np.random.default_rng(seed)
-    chosen: dict[str, list[int]] = {"best": list(order[:count]), "worst": list(order[::-1][:count])}
+    chosen: dict[str, list[int]] = {"highest": list(order[:count]), "lowest": list(order[::-1][:count])}
     for name, value in (("normal", 0), ("abnormal", 1)):
         pool = np.flatnonzero(test.labels == value)
         chosen[f"random_{name}"] = list(rng.choice(pool, min(count, len(pool)), replace=False))

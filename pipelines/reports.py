@@ -26,6 +26,9 @@ def overlay(image: np.ndarray, mask: np.ndarray, amap: np.ndarray, vmax: float, 
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     cv2.drawContours(out, contours, -1, GREEN, 1)
     side = np.concatenate([grey, out], axis=1)
+    if side.shape[0] < 160:  # small working sizes: enlarge (nearest) so that the tile can be read
+        factor = -(-160 // side.shape[0])
+        side = cv2.resize(side, None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST)
     if title:
         cv2.putText(side, title, (3, 12), FONT, 0.35, WHITE, 1, cv2.LINE_AA)
     return side
@@ -52,7 +55,7 @@ def _canvas(title: str, xlabel: str, ylabel: str, size: int = 420, margin: int =
         cv2.putText(img, f"{v:.1f}", (box[0] - 28, y + 4), FONT, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(img, title, (box[0], 14), FONT, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(img, xlabel, (box[0] + 60, size - 12), FONT, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.putText(img, ylabel, (4, box[1] + 12), FONT, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(img, ylabel, (box[0] + 6, box[1] + 14), FONT, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
     to_px = lambda x, y: (int(round(box[0] + x * (box[2] - box[0]))), int(round(box[3] - y * (box[3] - box[1]))))  # noqa: E731
     return img, to_px
 

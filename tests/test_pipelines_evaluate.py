@@ -77,7 +77,7 @@ def test_evaluate_a_run(setup, capsys):
     assert {r["gt_label"] for r in rows} == {"0", "1"}
     for name in ("overlays.png", "roc.png", "reliability.png"):
         assert cv2.imread(str(out / name)) is not None, name
-    assert len(list((out / "overlays").glob("*.png"))) == 16  # best, worst, random normal, random abnormal: 4 each
+    assert len(list((out / "overlays").glob("*.png"))) == 16  # highest and lowest scored, random normal and abnormal: 4 each
     assert "image_AUROC" in printed and str(out) in printed
     # The image metrics are those of the scores written, computed independently
     from sklearn.metrics import roc_auc_score
