@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("pipelines.verify", "check a cache: completeness, shard checksums, regenerated samples"),
     "train": ("pipelines.train", "train the adapted CLIP from a cache: run folder, checkpoints, resume, DDP"),
     "evaluate": ("pipelines.evaluate", "measure a run (or a zero-shot / PatchCore baseline) on a test split"),
+    "protocol": ("pipelines.protocol", "the k x seeds table: draw, generate, train, evaluate and baselines per cell"),
 }
 
 
