@@ -4,10 +4,10 @@ from __future__ import annotations
 import csv
 import json
 
-import dataprep as dp
 from test_pipelines_evaluate import write_folder_dataset
 from train_helpers import overrides, write_model
 
+import dataprep as dp
 from pipelines import cli
 from pipelines.grid import results_table
 
