@@ -12,7 +12,6 @@ dataset is never read here.
 from __future__ import annotations
 
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from .cache import DONE, n_shards, read_settings
 from .features import FeatureCache
 from .metrics import roc_auc
 from .runs import RunDir, code_version, load_state
+from .runtime import Runtime
 from .train_config import model_config
 
 VAL_BATCH = 32
@@ -55,54 +55,6 @@ def open_cache(path: str | None) -> dict[str, Any]:
     identity = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
     return {"path": str(Path(path).resolve()), "identity": identity, "samples": settings["samples"],
             "size": settings["size"], "sources": len(sources), "seed": settings["seed"]}
-
-
-class Runtime:
-    """Device, DDP rank and world, precision and threads of this process."""
-
-    def __init__(self, train: dict[str, Any]) -> None:
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        want = train["device"]
-        cuda = torch.cuda.is_available() if want == "auto" else want.startswith("cuda")
-        self.device = torch.device(f"cuda:{local}" if cuda and want in ("auto", "cuda") else (want if cuda else "cpu"))
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
-        if self.world > 1 and not torch.distributed.is_initialized():
-            torch.distributed.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-        self.precision = train["precision"] if train["precision"] != "auto" else (
-            "amp_bf16" if self.device.type == "cuda" else "fp32")
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        self.threads = int(train["threads"] or max(1, cores // local_world))
-        torch.set_num_threads(self.threads)
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "amp_bf16")
-
-    def mean(self, values: list[float]) -> list[float]:
-        """The mean over ranks of each value (the values themselves in one process)."""
-        if self.world == 1:
-            return values
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        torch.distributed.all_reduce(t)
-        return (t / self.world).tolist()
-
-    def gather(self, obj: Any) -> list[Any]:
-        if self.world == 1:
-            return [obj]
-        out: list[Any] = [None] * self.world
-        torch.distributed.all_gather_object(out, obj)
-        return out
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            torch.distributed.barrier()
 
 
 class _Step(torch.nn.Module):
@@ -154,13 +106,9 @@ def validate(model: FusionMedCLIP, val: dict[str, Any], rt: Runtime, tokens: Fea
             "pixel_AUROC": roc_auc(amap, masks) if pixels else None}
 
 
-def train(config: dict[str, Any], *, out: str | Path = "runs", name: str | None = None, resume: bool = False,
-          progress: bool = True) -> Path:
-    """Train as ``config`` says (``pipelines.train_config``); returns the run folder."""
-    from tqdm import tqdm
-
-    t, data = config["train"], config["data"]
-    rt = Runtime(t)
+def _open_run(config: dict[str, Any], out: str | Path, name: str | None, resume: bool, rt: Runtime):
+    """The caches, the model's config and the run folder (created by rank 0 before the others open it)."""
+    data = config["data"]
     cache = open_cache(data["cache"])
     val_cache = open_cache(data["val_cache"]) if data["val_cache"] else None
     mcfg = model_config(config)
@@ -173,12 +121,84 @@ def train(config: dict[str, Any], *, out: str | Path = "runs", name: str | None 
     data["cache"] = cache["path"]  # resolved: a resume from another working folder is the same run
     data["val_cache"] = val_cache["path"] if val_cache else None
     record = {"config": config, "cache": {"train": cache, "val": val_cache}, "code": code_version()}
-    run = RunDir.start(out, name, record, resume, write=rt.main) if rt.main else None
+    run = RunDir.start(out, name, record, resume, write=True) if rt.main else None
     rt.barrier()
-    if run is None:
-        run = RunDir.start(out, name, record, resume=True, write=False)
-    torch.manual_seed(t["seed"] + rt.rank)  # dropout's stream, as open_clip seeds its ranks
+    return (run or RunDir.start(out, name, record, resume=True, write=False)), cache, val_cache, mcfg
 
+
+def _samples(t: dict[str, Any], cache: dict[str, Any], val_cache: dict[str, Any] | None):
+    """(training dataset, its training indices, validation dataset, its validation indices)."""
+    from .loader import CachedDataset
+
+    dataset = CachedDataset(cache["path"])
+    if val_cache:
+        rng = np.random.default_rng([t["seed"], 0x7A1])
+        val_idx = np.sort(rng.permutation(val_cache["samples"])[: t["val_samples"]])
+        return dataset, np.arange(cache["samples"]), CachedDataset(val_cache["path"]), val_idx
+    train_idx, val_idx = split_samples(tasks_of(cache["path"]), val_tasks=t["val_tasks"],
+                                       val_fraction=t["val_fraction"], val_samples=t["val_samples"], seed=t["seed"])
+    return dataset, train_idx, dataset, val_idx
+
+
+def _resume(run: RunDir, model: FusionMedCLIP, optimizer: torch.optim.Optimizer, rt: Runtime,
+            best: dict[str, Any]) -> tuple[int, int, dict[str, Any]]:
+    """(epochs done, steps done, best so far) from epoch_latest.pt, with the optimiser and random states."""
+    latest = run.latest()
+    if latest is None:
+        return 0, 0, best
+    extra = load_state(latest)["extra"]
+    load_checkpoint(latest, model)
+    optimizer.load_state_dict(extra["optimizer"])
+    if len(extra["rng"]) == rt.world:  # dropout's streams go on where they stopped
+        torch.set_rng_state(extra["rng"][rt.rank]["torch"])
+        if rt.device.type == "cuda" and extra["rng"][rt.rank]["cuda"] is not None:
+            torch.cuda.set_rng_state(extra["rng"][rt.rank]["cuda"], rt.device)
+    else:
+        run.log(f"the run was made with {len(extra['rng'])} rank(s), resumed with {rt.world}: dropout's "
+                "random streams start afresh (the data order does not depend on the ranks)")
+    run.truncate_metrics(extra["epoch"])
+    run.log(f"resumed from {latest.name}: epoch {extra['epoch']}, step {extra['step']}")
+    return extra["epoch"], extra["step"], extra["best"]
+
+
+def _feature_caches(model: FusionMedCLIP, t: dict[str, Any], rt: Runtime, train_idx: np.ndarray,
+                    val_idx: np.ndarray, passes: float, run: RunDir) -> tuple[Any, Any]:
+    """Stage 2's token caches for training and validation samples, or (None, None) with the reason logged."""
+    if model.config.stage != 2:
+        return None, None
+    shape = FeatureCache.token_shape(model)
+    dtype = torch.bfloat16 if rt.precision == "amp_bf16" else torch.float32
+    need = FeatureCache.nbytes(len(train_idx) + len(val_idx), shape, dtype)
+    why = ("train.feature_cache=off" if t["feature_cache"] == "off" else "each sample is seen once"
+           if passes <= 1 else f"needs {need / 2**30:.1f} GiB > train.feature_cache_gb"
+           if need > t["feature_cache_gb"] * 2**30 else "")
+    if why:
+        run.log(f"feature cache: off ({why}); every step runs the backbone")
+        return None, None
+    run.log(f"feature cache: on ({need / 2**30:.2f} GiB at most, {dtype})")
+    return (FeatureCache(train_idx, shape, dtype, rt.device),
+            FeatureCache(np.arange(len(val_idx)), shape, dtype, rt.device))
+
+
+def train(config: dict[str, Any], *, out: str | Path = "runs", name: str | None = None, resume: bool = False,
+          progress: bool = True) -> Path:
+    """Train as ``config`` says (``pipelines.train_config``); returns the run folder. Sets torch's thread
+    count for the run and puts the caller's back afterwards."""
+    threads = torch.get_num_threads()
+    try:
+        return _train(config, out, name, resume, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(config: dict[str, Any], out: str | Path, name: str | None, resume: bool, progress: bool) -> Path:
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    t, data = config["train"], config["data"]
+    rt = Runtime(t)
+    run, cache, val_cache, mcfg = _open_run(config, out, name, resume, rt)
+    torch.manual_seed(t["seed"] + rt.rank)  # dropout's stream, as open_clip seeds its ranks
     model = FusionMedCLIP(mcfg).to(rt.device)
     model.train()
     optimizer = torch.optim.AdamW(param_groups(model, t["lr"]), weight_decay=t["weight_decay"],
@@ -186,71 +206,21 @@ def train(config: dict[str, Any], *, out: str | Path = "runs", name: str | None 
     for group in optimizer.param_groups:
         group["initial_lr"] = group["lr"]
     loss_fn = FusionLoss(t["w_img"], t["w_seg"], t["focal_gamma"], focal_on=t["focal_on"])
-
-    from .loader import CachedDataset
-
-    dataset = CachedDataset(cache["path"])
-    if val_cache:
-        train_idx = np.arange(cache["samples"])
-        val_ds = CachedDataset(val_cache["path"])
-        rng = np.random.default_rng([t["seed"], 0x7A1])
-        val_idx = np.sort(rng.permutation(val_cache["samples"])[: t["val_samples"]])
-    else:
-        train_idx, val_idx = split_samples(tasks_of(cache["path"]), val_tasks=t["val_tasks"],
-                                           val_fraction=t["val_fraction"], val_samples=t["val_samples"],
-                                           seed=t["seed"])
-        val_ds = dataset
+    dataset, train_idx, val_ds, val_idx = _samples(t, cache, val_cache)
     batch = t["batch_size"]
-    epoch_samples = int(t["epoch_samples"] or cache["sources"])
-    per_epoch = -(-epoch_samples // batch)
+    per_epoch = -(-int(t["epoch_samples"] or cache["sources"]) // batch)
     total = t["epochs"] * per_epoch
     passes = total * batch / len(train_idx)
-
-    start_epoch, step, best = 0, 0, {"metric": t["select_metric"], "value": None, "epoch": None}
-    latest = run.latest() if resume else None
-    if latest is not None:
-        state = load_state(latest)
-        load_checkpoint(latest, model)
-        extra = state["extra"]
-        optimizer.load_state_dict(extra["optimizer"])
-        start_epoch, step, best = extra["epoch"], extra["step"], extra["best"]
-        if len(extra["rng"]) == rt.world:  # dropout's streams go on where they stopped
-            torch.set_rng_state(extra["rng"][rt.rank]["torch"])
-            if rt.device.type == "cuda" and extra["rng"][rt.rank]["cuda"] is not None:
-                torch.cuda.set_rng_state(extra["rng"][rt.rank]["cuda"], rt.device)
-        else:
-            run.log(f"the run was made with {len(extra['rng'])} rank(s), resumed with {rt.world}: dropout's "
-                    "random streams start afresh (the data order does not depend on the ranks)")
-        run.truncate_metrics(start_epoch)
-        run.log(f"resumed from {latest.name}: epoch {start_epoch}, step {step}")
-
-    tokens = val_tokens = None
-    if mcfg.stage == 2:
-        shape = FeatureCache.token_shape(model)
-        dtype = torch.bfloat16 if rt.precision == "amp_bf16" else torch.float32
-        need = FeatureCache.nbytes(len(train_idx) + len(val_idx), shape, dtype)
-        if t["feature_cache"] == "off":
-            why = "train.feature_cache=off"
-        elif passes <= 1:
-            why = "each sample is seen once"
-        elif need > t["feature_cache_gb"] * 2**30:
-            why = f"needs {need / 2**30:.1f} GiB > train.feature_cache_gb"
-        else:
-            why = ""
-            tokens = FeatureCache(train_idx, shape, dtype, rt.device)
-            val_tokens = FeatureCache(np.arange(len(val_idx)), shape, dtype, rt.device)
-        run.log(f"feature cache: on ({need / 2**30:.2f} GiB at most, {dtype})" if tokens is not None
-                else f"feature cache: off ({why}); every step runs the backbone")
+    best = {"metric": t["select_metric"], "value": None, "epoch": None}
+    start_epoch, step, best = _resume(run, model, optimizer, rt, best) if resume else (0, 0, best)
+    tokens, val_tokens = _feature_caches(model, t, rt, train_idx, val_idx, passes, run)
     step_model: torch.nn.Module = _Step(model)
     if rt.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         step_model = DistributedDataParallel(step_model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
-
     val = read_samples(val_ds, val_idx) if rt.main and len(val_idx) else None
     workers = data["workers"] if data["workers"] is not None else (2 if rt.device.type == "cuda" else 0)
-    from torch.utils.data import DataLoader
-
     source = TrainBatches(dataset, train_idx, batch_size=batch, seed=t["seed"], start=step, stop=total,
                           rank=rt.rank, world_size=rt.world)
     # A generator of its own: the DataLoader draws a base seed when iterated, which must not advance the
@@ -258,8 +228,8 @@ def train(config: dict[str, Any], *, out: str | Path = "runs", name: str | None 
     loader = DataLoader(source, batch_size=None, num_workers=workers, pin_memory=rt.device.type == "cuda",
                         multiprocessing_context="spawn" if workers else None,
                         generator=torch.Generator().manual_seed(t["seed"]))
-    run.log(f"train: {len(train_idx)} samples of {cache['path']}; validation: {len(val_idx)} samples "
-            f"({'second cache' if val_cache else ('held-out tasks ' + str(t['val_tasks'])) if t['val_tasks'] else 'a seeded share'}); "
+    held = "a second cache" if val_cache else f"held-out tasks {t['val_tasks']}" if t["val_tasks"] else "a seeded share"
+    run.log(f"train: {len(train_idx)} samples of {cache['path']}; validation: {len(val_idx)} samples ({held}); "
             f"{t['epochs']} epochs x {per_epoch} steps of {batch} ({total * batch} samples, {passes:.2f} passes); "
             f"{rt.device}, {rt.precision}, {rt.threads} threads, {rt.world} rank(s), {workers} loader workers")
     batches = iter(loader)
@@ -273,9 +243,8 @@ def train(config: dict[str, Any], *, out: str | Path = "runs", name: str | None 
             waited += time.perf_counter() - ask
             images = b["image"].to(rt.device, non_blocking=True)
             masks = b["gt_mask"].to(rt.device, non_blocking=True)
-            factor = lr_factor(t, step, total, per_epoch)
             for group in optimizer.param_groups:
-                group["lr"] = group["initial_lr"] * factor
+                group["lr"] = group["initial_lr"] * lr_factor(t, step, total, per_epoch)
             with rt.autocast():
                 cached = tokens.tokens(model, images, b["index"]) if tokens is not None else None
                 parts = loss_fn(step_model(images, cached), masks.float())
@@ -285,8 +254,7 @@ def train(config: dict[str, Any], *, out: str | Path = "runs", name: str | None 
             step += 1
             sums += [parts.total.item(), parts.focal.item(), parts.dice.item()]
             bar.update(1)
-            rate = bar.format_dict["rate"]
-            bar.set_postfix(loss=f"{parts.total.item():.3f}", samples_per_s=f"{(rate or 0) * batch:.1f}")
+            bar.set_postfix(loss=f"{parts.total.item():.3f}", samples_per_s=f"{(bar.format_dict['rate'] or 0) * batch:.1f}")
         seconds = time.perf_counter() - started
         loss, focal, dice = rt.mean((sums / per_epoch).tolist())
         row: dict[str, Any] = {"epoch": epoch + 1, "step": step, "samples": step * batch,
@@ -294,9 +262,8 @@ def train(config: dict[str, Any], *, out: str | Path = "runs", name: str | None 
                                "dice": dice, "lr": {g["name"]: g["lr"] for g in optimizer.param_groups},
                                "samples_per_s": per_epoch * batch / seconds, "seconds": seconds,
                                "data_wait": waited / seconds}
-        last = epoch + 1 == t["epochs"]
         improved = False
-        if val is not None and ((epoch + 1) % t["val_every"] == 0 or last):
+        if val is not None and ((epoch + 1) % t["val_every"] == 0 or epoch + 1 == t["epochs"]):
             row["val"] = validate(model, val, rt, val_tokens)
             value = row["val"][t["select_metric"]]
             improved = value is not None and (best["value"] is None or value > best["value"])
@@ -305,11 +272,12 @@ def train(config: dict[str, Any], *, out: str | Path = "runs", name: str | None 
         rng = rt.gather({"torch": torch.get_rng_state(),
                          "cuda": torch.cuda.get_rng_state(rt.device) if rt.device.type == "cuda" else None})
         if rt.main:
+            # The line first: a kill before the checkpoint redoes the epoch, and the resume drops the line.
+            run.append_metrics(row)
             extra = {"epoch": epoch + 1, "step": step, "optimizer": optimizer.state_dict(),
                      "scheduler": {"schedule": t["schedule"], "step": step}, "scaler": {}, "rng": rng,
                      "best": best, "val": row.get("val")}
             run.save(model, epoch + 1, extra, t["keep"], best=improved)
-            run.append_metrics(row)
             line = (f"epoch {epoch + 1}/{t['epochs']} step {step} samples {step * batch} loss {loss:.4f} "
                     f"(focal {focal:.4f} dice {dice:.4f}) {row['samples_per_s']:.1f} samples/s "
                     f"data wait {100 * row['data_wait']:.1f} %")
@@ -321,4 +289,3 @@ def train(config: dict[str, Any], *, out: str | Path = "runs", name: str | None 
     bar.close()
     run.log(f"done: best {best['metric']} {best['value']} at epoch {best['epoch']}")
     return run.path
-

@@ -169,7 +169,7 @@ def test_print_config_shows_the_resolved_defaults(capsys):
 def test_generate_sizes_a_cache_for_the_methods_run(images, tmp_path):
     """Without --samples, a cache holds 200 k samples: the method's 200 epochs of the k images, read once."""
     assert cli.main(["generate", "--data", str(images), "--out", str(tmp_path / "c.zarr"), "--seed", "0", "--size", "16",
-                     "--shard-size", "400", "--workers", "1", "--no-progress"]) == 0
+                     "--shard-size", "400", "--chunk-size", "40", "--workers", "1", "--no-progress"]) == 0
     from pipelines.trainer import open_cache
 
     cache = open_cache(str(tmp_path / "c.zarr"))
