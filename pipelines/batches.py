@@ -17,6 +17,7 @@ Example:
 """
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -135,27 +136,18 @@ class TrainBatches(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        mine = range(self.start + worker, self.stop, workers)
         per_window = self.window // self.batch_size
-        cached: tuple[int, int] | None = None
-        order = np.zeros(0, np.int64)
-        at = 0
-        while at < len(mine):
-            p, k = divmod(mine[at], self.per_pass)
-            if cached is None or cached[0] != p:
-                order, cached = self.pass_order(p), (p, -1)
-            # This worker's batches in the same read window of the same pass: read their samples together.
-            window = k // per_window
-            group = []
-            while at < len(mine) and divmod(mine[at], self.per_pass)[0] == p \
-                    and (mine[at] % self.per_pass) // per_window == window:
-                group.append(self._rows(order, mine[at] % self.per_pass))
-                at += 1
-            wanted = np.concatenate(group)
-            sorted_wanted = np.sort(wanted)
-            d = self.dataset._read(sorted_wanted)
-            position = np.searchsorted(sorted_wanted, wanted)
-            start = 0
-            for rows in group:
-                yield _batch([(d, position[start:start + len(rows)])], as_stored=False)
-                start += len(rows)
+        # This worker's batches, grouped by (pass, read window): each group's samples are read together.
+        groups = itertools.groupby(range(self.start + worker, self.stop, workers),
+                                   key=lambda b: (b // self.per_pass, b % self.per_pass // per_window))
+        current, order = -1, np.zeros(0, np.int64)
+        for (p, _), batches in groups:
+            if p != current:
+                current, order = p, self.pass_order(p)
+            rows = [self._rows(order, b % self.per_pass) for b in batches]
+            wanted = np.concatenate(rows)
+            ascending = np.sort(wanted)  # samples of a pass are distinct
+            d = self.dataset._read(ascending)
+            positions = np.searchsorted(ascending, wanted)
+            for part in np.split(positions, np.cumsum([len(r) for r in rows])[:-1]):
+                yield _batch([(d, part)], as_stored=False)
