@@ -64,14 +64,15 @@ def source_hashes(cache: str | Path) -> dict[str, str]:
 
 
 def support_of(test: TestSplit, support_file: str | Path) -> tuple[list[str], dict[str, str]]:
-    """A support file's ids and their content hashes (from the prepared index)."""
-    from dataprep import read_index
+    """A support file's ids and their content hashes, after dataprep's check that it was drawn from this
+    dataset's current index and holds only normal training images whose content is not in the test split."""
+    from dataprep import FewShotError, LeakageError, load_support, read_index
 
-    doc = json.loads(Path(support_file).read_text())
+    try:
+        doc = load_support(support_file, test.root)
+    except (OSError, ValueError, KeyError, FewShotError, LeakageError) as exc:
+        raise EvaluationError(f"{support_file}: cannot use this support file ({exc})") from None
     records = {r["id"]: r for r in read_index(test.root)}
-    unknown = [i for i in doc["support"] if i not in records]
-    if unknown:
-        raise EvaluationError(f"{support_file}: ids not in {test.root}: {unknown[:5]}")
     return list(doc["support"]), {records[i]["sha256"]: i for i in doc["support"]}
 
 
