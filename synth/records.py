@@ -15,7 +15,7 @@ except ImportError:  # optional: json writes the same records, about 5x slower
 # change its last bits.
 # 0.1.2: guided deformation reads (1 - d^2) ** stiffness from a table, source deformation computes
 # d ** (alpha - 1) in float32 (both to within 1e-5 px of the exact warp).
-ENGINE_VERSION = "0.1.2"
+ENGINE_VERSION = "0.2.0"
 
 
 _SCALARS = frozenset({int, float, str, bool, type(None)})

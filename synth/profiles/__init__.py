@@ -33,6 +33,12 @@ def organ_profile(modality: str) -> dict:
     return dict(_TABLE["organs"][modality])
 
 
+def cuts_to_anatomy(modality: str) -> bool:
+    """Whether lesions of ``modality`` are cut to the anatomy (mask and change), or only sampled half on it."""
+    _check(modality)
+    return bool(_TABLE["organs"][modality].get("cut_to_anatomy", False))
+
+
 def register_modality(name: str, textures: list[dict], organ: dict) -> None:
     """Add or replace a modality's profiles, e.g. from a JSON file of your own."""
     for t in textures:

@@ -15,6 +15,11 @@ import numpy as np
 
 from ..config import SynthesisConfig
 from ..masks import Lesion, render, sample_lesions
+from ..profiles import cuts_to_anatomy
+
+# The ground truth marks every pixel whose value changed by more than this: two grey levels of the
+# stored 8-bit image. A blurred mask spreads density changes past the lesion's own mask.
+CHANGE_TOLERANCE = 2.0 / 255.0
 
 
 @dataclass
@@ -68,15 +73,20 @@ class Task:
         only 0 and 1) are optional buffers to write into (saves two full-size copies per sample
         on large volumes)."""
         out, mask = output_buffers(image, ctx, out, mask)
+        windows = []
         for i, lesion_params in enumerate(params["lesions"]):
             lesion = (ctx.lesions[i] if ctx.lesions
                       else render(lesion_params["mask"], ctx.spatial_shape, self.needs_raster))
             touched = self.apply_lesion(out, lesion, lesion_params, ctx, mask)
+            windows.append(touched)
             if not self.keeps_range:
                 # only the lesion's window changed, so only it needs clipping (a full-image clip
                 # costs more than a small lesion on a 3D volume)
                 region = out[(slice(None),) + touched]
                 np.clip(region, 0.0, 1.0, out=region)
+        cut = ctx.foreground is not None and cuts_to_anatomy(ctx.config.modality)
+        for touched in windows:
+            settle(image, out, mask, touched, ctx.foreground if cut else None)
         return out, mask
 
     def sample_lesion(self, rng, image, lesion: Lesion, ctx: Context) -> dict:
@@ -100,6 +110,19 @@ def output_buffers(image, ctx: Context, out, mask):
     else:
         mask.fill(0)
     return out, mask
+
+
+def settle(image: np.ndarray, out: np.ndarray, mask: np.ndarray, touched: tuple[slice, ...],
+           anatomy: np.ndarray | None) -> None:
+    """Inside a lesion's window: outside ``anatomy`` (when given) the image and mask go back to normal;
+    then every pixel changed by more than ``CHANGE_TOLERANCE`` is marked, so the mask covers the change."""
+    both = (slice(None),) + touched
+    if anatomy is not None:
+        outside = ~anatomy[touched]
+        np.copyto(out[both], image[both], where=outside)
+        mask[touched][outside] = 0
+    changed = (np.abs(out[both] - image[both]) > CHANGE_TOLERANCE).any(axis=0)
+    mask[touched][changed] = 1
 
 
 def mark(mask: np.ndarray, lesion: Lesion) -> None:
