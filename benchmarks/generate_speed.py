@@ -46,7 +46,7 @@ from pipelines import cache, generate  # noqa: E402
 def brain_slices(size: int, count: int, span: tuple[float, float] = (0.35, 0.7)) -> list[tuple[np.ndarray, np.ndarray]]:
     """``count`` axial MNI152 slices evenly over ``span`` of the volume's depth, at ``size`` x
     ``size``: (image in [0, 1] float32, brain mask bool)."""
-    from pipelines.demo import load_mni_brain
+    from pipelines.brain import load_mni_brain
 
     volume, brain = load_mni_brain()
     picks = [int(z * volume.shape[0]) for z in np.linspace(*span, count)]

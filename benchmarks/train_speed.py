@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from pipelines import cli
-from pipelines.demo import _square, load_mni_brain
+from pipelines.brain import load_mni_brain
+from pipelines.brain import square as _square
 from pipelines.train_config import load_config
 from pipelines.trainer import train
 

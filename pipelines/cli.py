@@ -12,7 +12,7 @@ import sys
 
 # name -> (module, one-line help). Add a line here to add a command.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("pipelines.demo", "synthesise a gallery of every anomaly task on the MNI152 brain template"),
+    "demo": ("pipelines.demo", "the main job end to end on the MNI152 brain: prepare, draw, generate, train, evaluate, report"),
     "prepare": ("pipelines.prepare", "bring a public dataset, as downloaded, to the prepared layout"),
     "fewshot": ("pipelines.fewshot", "draw a seeded k-shot support set of normal training images"),
     "generate": ("pipelines.generate", "pre-generate a synthetic training set into a sharded zarr cache"),

@@ -290,6 +290,20 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
             "skipped": len(done)}
 
 
+def generate_cache(data: str | Path, out: str | Path, *, samples: int | None, seed: int, size: int = 224,
+                   support: str | Path | None = None, config: str | Path | None = None, workers: int | None = None,
+                   progress: bool = False) -> dict[str, Any]:
+    """The Python face of ``fmclip generate`` (the same options, the same checks); returns its summary."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    argv = ["--data", str(data), "--out", str(out), "--seed", str(seed), "--size", str(size)]
+    argv += ["--samples", str(samples)] if samples is not None else []
+    argv += ["--support", str(support)] if support else []
+    argv += ["--config", str(config)] if config else []
+    argv += ["--workers", str(workers)] if workers else []
+    return generate(parser.parse_args(argv + ([] if progress else ["--no-progress"])))
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         summary = generate(args)

@@ -13,7 +13,6 @@ resume themselves). ``results.csv`` has one row per cell and method with every m
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -28,16 +27,6 @@ def cells(ks: list[int], seeds: list[int], out: str | Path) -> list[dict[str, An
     return [{"k": k, "seed": s, "dir": Path(out) / f"k{k}_seed{s}"} for k in ks for s in seeds]
 
 
-def _generate(data: str | Path, support: Path, cache: Path, samples: int, seed: int, size: int) -> None:
-    from . import generate
-
-    parser = argparse.ArgumentParser()
-    generate.add_arguments(parser)
-    args = parser.parse_args(["--data", str(data), "--support", str(support), "--out", str(cache), "--samples",
-                              str(samples), "--seed", str(seed), "--size", str(size), "--no-progress"])
-    generate.generate(args)
-
-
 def _trained(run: Path, epochs: int) -> bool:
     rows = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").is_file() else []
     return bool(rows) and json.loads(rows[-1])["epoch"] >= epochs
@@ -50,6 +39,7 @@ def run_cell(data: str | Path, cell: dict[str, Any], config: dict[str, Any], pro
     import dataprep as dp
 
     from .evaluation import evaluate
+    from .generate import generate_cache
     from .train_config import model_config
     from .trainer import train
 
@@ -60,7 +50,8 @@ def run_cell(data: str | Path, cell: dict[str, Any], config: dict[str, Any], pro
     cfg["train"]["seed"] = cell["seed"]
     samples = cfg["train"]["epochs"] * int(cfg["train"]["epoch_samples"] or cell["k"])
     cache = folder / "cache.zarr"
-    _generate(data, support, cache, samples, cell["seed"], cfg["model"]["image_size"])
+    generate_cache(data, cache, samples=samples, seed=cell["seed"], size=cfg["model"]["image_size"], support=support,
+                   progress=progress)
     cfg["data"]["cache"] = str(cache.resolve())
     run = folder / "run"
     if not _trained(run, cfg["train"]["epochs"]):

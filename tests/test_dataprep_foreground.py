@@ -28,7 +28,8 @@ def test_the_brain_on_every_axial_slice_through_it():
     """Slices whose brain covers at least 4 % of the image (the lowest ones, where the temporal lobes and
     the cerebellum lie apart, included); below that, at the tips, one pixel of edge is a tenth of the
     Dice (measured 0.72-0.95 there)."""
-    from pipelines.demo import _square, load_mni_brain
+    from pipelines.brain import load_mni_brain
+    from pipelines.brain import square as _square
 
     volume, brain = load_mni_brain()
     rng = np.random.default_rng(0)

@@ -15,7 +15,8 @@ import pytest
 from train_helpers import make_cache, metrics, overrides, write_model
 
 import synth
-from pipelines.demo import _square, load_mni_brain
+from pipelines.brain import load_mni_brain
+from pipelines.brain import square as _square
 from pipelines.train_config import load_config
 from pipelines.trainer import train
 

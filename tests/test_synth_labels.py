@@ -12,7 +12,8 @@ from synth.tasks.base import CHANGE_TOLERANCE
 @pytest.fixture(scope="module")
 def brain():
     """MNI152 (nilearn's, skull-stripped) at 96 px: two axial slices and a 48^3 volume, with brain masks."""
-    from pipelines.demo import _square, load_mni_brain
+    from pipelines.brain import load_mni_brain
+    from pipelines.brain import square as _square
 
     volume, mask = load_mni_brain()
     zs = (int(0.4 * volume.shape[0]), int(0.6 * volume.shape[0]))
