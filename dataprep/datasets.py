@@ -226,3 +226,14 @@ def index_mvfa(root: str | Path, *, modality: str | None = None, objects: str | 
                 index.skipped += [Skip(str(p), "mask without image") for p in masks.values()]
     unique_ids(index.units)
     return index
+
+
+
+def indexers() -> dict[str, Callable[..., RawIndex]]:
+    """The raw layouts ``prepare_dataset`` knows, by name (``fmclip prepare --help`` lists them without
+    importing the modality pipelines)."""
+    from .brats import index_brats
+    from .chexpert import index_chexpert
+
+    return {"brainmri": index_brainmri, "busi": index_busi, "chexpert": index_chexpert, "brats": index_brats,
+            "mediclip": index_mediclip, "mvfa": index_mvfa, "folder": index_folder}

@@ -32,9 +32,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .brats import index_brats
-from .chexpert import index_chexpert
-from .datasets import index_brainmri, index_busi, index_folder, index_mediclip, index_mvfa
+from .datasets import indexers
 from .dictionary import ResizeKeepAspectd
 from .indexing import LayoutError, RawIndex, RawUnit, Skip, unique_ids
 from .io import ReadError, atomic_write_bytes, content_hash, read_image, to_uint16, write_png
@@ -42,10 +40,7 @@ from .modality import PipelineConfig, modality_pipeline, volume_to_slices
 from .prepared import PrepareError
 
 FORMAT_VERSION = 1
-INDEXERS: dict[str, Callable[..., RawIndex]] = {
-    "brainmri": index_brainmri, "busi": index_busi, "chexpert": index_chexpert, "brats": index_brats,
-    "mediclip": index_mediclip, "mvfa": index_mvfa, "folder": index_folder,
-}
+INDEXERS: dict[str, Callable[..., RawIndex]] = indexers()
 
 
 def skip_category(reason: str) -> str:

@@ -236,6 +236,8 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
 
     if (args.samples is not None and args.samples < 1) or args.shard_size < 1 or args.chunk_size < 1 or args.size < 16:
         raise DataError("--samples, --shard-size and --chunk-size must be positive and --size at least 16")
+    if args.seed < 0:
+        raise DataError(f"--seed must be a non-negative integer, got {args.seed}")
     if args.shard_size % min(args.chunk_size, args.shard_size):
         raise DataError(f"--chunk-size {args.chunk_size} must divide --shard-size {args.shard_size}")
     spec = source_spec(args.data, size=args.size, support=args.support)

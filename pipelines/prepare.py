@@ -37,9 +37,9 @@ def parse_options(items: list[str]) -> dict[str, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from dataprep.prepare import INDEXERS
+    from dataprep.datasets import indexers  # the names only: no MONAI import for --help
 
-    parser.add_argument("name", choices=sorted(INDEXERS), help="dataset layout of the raw folder")
+    parser.add_argument("name", choices=sorted(indexers()), help="dataset layout of the raw folder")
     parser.add_argument("--root", required=True, help="raw dataset folder, as downloaded")
     parser.add_argument("--out", required=True, help="prepared dataset folder (created; resumable)")
     parser.add_argument("--size", type=int, default=224, help="working size in pixels (default 224)")

@@ -10,11 +10,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .batches import SplitError
-from .runs import RunError
-from .train_config import ConfigError, dump, load_config
-from .trainer import TrainError, train
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value",
@@ -32,6 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here, not at the top: `fmclip train --help` should not wait for torch and open_clip.
+    from .batches import SplitError
+    from .runs import RunError
+    from .train_config import ConfigError, dump, load_config
+    from .trainer import TrainError, train
+
     overrides = list(args.overrides)
     if args.cache:
         overrides.append(f"data.cache={args.cache}")

@@ -20,6 +20,8 @@ def solve_window(target: np.ndarray, guide: np.ndarray, mask: np.ndarray, mixed:
     masked pixels replaced (float32). ``target``/``guide`` are float32, ``mask`` bool,
     all of one 2D or 3D shape; the window must reach one pixel past the mask unless
     the mask touches the image border there."""
+    if mask.all():  # the window reaches past the mask wherever the image allows: it covers the whole image
+        raise ValueError("the mask covers the whole image: Poisson blending needs boundary pixels outside it")
     solve = kernels.poisson_2d if target.ndim == 2 else kernels.poisson_3d
     out, _, n_boundary = solve(np.ascontiguousarray(target, dtype=np.float32),
                                np.ascontiguousarray(guide, dtype=np.float32),

@@ -1,0 +1,39 @@
+"""The command line for a new user: help without heavy imports, one-line refusals."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import synth
+from pipelines import cli
+from pipelines.cli import COMMANDS
+
+
+def test_help_of_every_command_imports_neither_torch_nor_monai():
+    """`fmclip COMMAND --help` must answer at once: the command modules import their jobs lazily."""
+    code = ("import sys\nfrom pipelines import cli\n"
+            f"for name in {sorted(COMMANDS)!r}:\n"
+            "    try:\n        cli.main([name, '--help'])\n    except SystemExit:\n        pass\n"
+            "print(sorted(m for m in ('torch', 'monai', 'open_clip', 'zarr') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_generate_refuses_a_negative_seed_in_one_line(images, tmp_path, capsys):
+    assert cli.main(["generate", "--data", str(images), "--out", str(tmp_path / "c.zarr"), "--samples", "8",
+                     "--seed", "-1", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err == "fmclip generate: error: --seed must be a non-negative integer, got -1\n"
+
+
+def test_poisson_on_a_one_pixel_image_is_a_clear_error():
+    with pytest.raises(ValueError, match="the mask covers the whole image"):
+        synth.synthesize(np.full((1, 1), 0.5, np.float32), rng=0, task="poisson")
+
+
+def test_version(capsys):
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out == "fmclip 0.1.0\n"
