@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .indexing import LayoutError, RawIndex, RawUnit, Skip, hash_fraction, list_files, safe_id
+from .indexing import LayoutError, RawIndex, RawUnit, Skip, check_fraction, hash_fraction, list_files, safe_id
 
 SEQUENCE_ALIASES = {"flair": ("flair", "t2f"), "t1": ("t1", "t1n"), "t1ce": ("t1ce", "t1c"), "t2": ("t2", "t2w")}
 _NIFTI = re.compile(r"^(?P<case>.+?)[_-](?P<seq>[A-Za-z0-9]+)\.nii(\.gz)?$")
@@ -49,12 +49,12 @@ def index_brats(root: str | Path, *, sequence: str = "flair", test_fraction: flo
             complete.append((case, files))
     # Rank cases by a seeded hash: exactly round(test_fraction * n) cases go to test.
     ranked = sorted(complete, key=lambda cf: hash_fraction(cf[0], int(split_seed)))
-    n_test = round(float(test_fraction) * len(ranked))
+    n_test = round(check_fraction(test_fraction) * len(ranked))
     for rank, (case, files) in enumerate(ranked):
         split = "test" if rank < n_test else "train"
         index.units.append(RawUnit(safe_id(case), split, None, str(files["image"]), (str(files["seg"]),),
                                    "brain_mri", kind="volume",
                                    options={"min_brain_fraction": float(min_brain_fraction)}))
     index.notes.update({"sequence": sequence, "min_brain_fraction": float(min_brain_fraction),
-                        "split": f"cases {float(test_fraction):.2f} test by seeded hash"})
+                        "split": f"cases {check_fraction(test_fraction):.2f} test by seeded hash"})
     return index

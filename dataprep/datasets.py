@@ -15,6 +15,7 @@ from .indexing import (
     RawIndex,
     RawUnit,
     Skip,
+    check_fraction,
     is_image_name,
     list_files,
     non_image_skip,
@@ -76,8 +77,8 @@ def index_brainmri(root: str | Path, *, test_fraction: float = BRAINMRI_TEST_NOR
     index = RawIndex("brainmri", str(root))
     for cls, label in (("no", 0), ("yes", 1)):
         index.units += _class_folder(index, base / cls, cls, label, "brain_mri")
-    split_normals(index.units, float(test_fraction), int(split_seed))
-    index.notes["split"] = f"all tumour images test; normals {float(test_fraction):.4f} test by seeded hash"
+    split_normals(index.units, check_fraction(test_fraction), int(split_seed))
+    index.notes["split"] = f"all tumour images test; normals {check_fraction(test_fraction):.4f} test by seeded hash"
     return index
 
 
@@ -97,8 +98,8 @@ def index_busi(root: str | Path, *, test_fraction: float = BUSI_TEST_NORMAL, spl
 
     for cls, label in (("normal", 0), ("benign", 1), ("malignant", 1)):
         index.units += _class_folder(index, base / cls, cls, label, "breast_us", mask_of)
-    split_normals(index.units, float(test_fraction), int(split_seed))
-    index.notes["split"] = f"all lesion images test; normals {float(test_fraction):.4f} test by seeded hash"
+    split_normals(index.units, check_fraction(test_fraction), int(split_seed))
+    index.notes["split"] = f"all lesion images test; normals {check_fraction(test_fraction):.4f} test by seeded hash"
     return index
 
 
@@ -121,7 +122,7 @@ def index_folder(root: str | Path, *, normal_dir: str = "normal", abnormal_dir: 
             u.split = "train"
         normals += test_normals
     else:
-        split_normals(normals, float(test_fraction), int(split_seed))
+        split_normals(normals, check_fraction(test_fraction), int(split_seed))
     if (base / mask_dir).is_dir():
         by_stem = {strip_image_suffix(Path(u.image).name): u for u in abnormal}
         for path in list_files(base / mask_dir):

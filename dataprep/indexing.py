@@ -92,12 +92,24 @@ def hash_fraction(key: str, seed: int = 0) -> float:
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
+def check_fraction(value: float, name: str = "test_fraction") -> float:
+    """``value`` as a float in [0, 1], or a LayoutError naming the option."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise LayoutError(f"option {name} must be a number in [0, 1], got {value!r}") from None
+    if not 0.0 <= number <= 1.0:
+        raise LayoutError(f"option {name} must lie in [0, 1], got {value!r}")
+    return number
+
+
 def split_normals(units: list[RawUnit], test_fraction: float, seed: int = 0) -> None:
     """Send round(test_fraction * n) normal units to 'test', the rest to 'train', in place.
 
     Units are ranked by :func:`hash_fraction` of their uid, so the split is the same on
     every machine and does not change when unrelated files are added.
     """
+    test_fraction = check_fraction(test_fraction)
     normals = sorted((u for u in units if u.label == 0), key=lambda u: hash_fraction(u.uid, seed))
     n_test = round(test_fraction * len(normals))
     for i, u in enumerate(normals):

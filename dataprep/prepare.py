@@ -78,9 +78,15 @@ def _write_item(out: Path, item_id: str, d: dict[str, Any]) -> dict[str, Any]:
             "foreground": f"foreground/{item_id}.png", "sha256": content_hash(pixels)}
 
 
-def _prepare_image(unit: RawUnit, out: Path, size: int) -> list[dict[str, Any]]:
+NON_FINITE = "non-finite values (NaN or infinity)"
+CONSTANT = "constant image after preprocessing (no content)"
+
+
+def _prepare_image(unit: RawUnit, out: Path, size: int) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     data = read_image(unit.image)
     image = _squeeze2d(data.array, unit.image)
+    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+        raise ReadError(unit.image, NON_FINITE)
     d: dict[str, Any] = {"image": image[None]}
     if unit.masks:
         union = np.zeros(image.shape, bool)
@@ -92,15 +98,19 @@ def _prepare_image(unit: RawUnit, out: Path, size: int) -> list[dict[str, Any]]:
             union |= mask > 0
         d["gt_mask"] = union[None].astype(np.float32)
     d = _pipeline(unit.modality, size, bool(unit.options.get("clahe", False)))(d)
+    if float(np.ptp(d["image"])) < 1e-6:  # a black or flat image: no anatomy to learn from or to score
+        raise ReadError(unit.image, CONSTANT)
     has_lesion = d.get("gt_mask") is not None and bool(d["gt_mask"].any())
     record = {"id": unit.uid, "split": unit.split, "label": int(unit.label or 0), "source": unit.image,
               "mask_sources": list(unit.masks), "modality": unit.modality,
               "original_size": list(image.shape), "has_lesion": has_lesion}
     record.update(_write_item(out, unit.uid, d))
-    return [record]
+    return [record], []
 
 
-def _prepare_volume(unit: RawUnit, out: Path, size: int) -> list[dict[str, Any]]:
+def _prepare_volume(unit: RawUnit, out: Path, size: int) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """The volume's axial slices; a slice holding a non-finite voxel is skipped (reported), and such voxels
+    count as 0 for the volume's intensity normalisation, so that the other slices come out right."""
     vol = read_image(unit.image).array
     seg = read_image(unit.masks[0]).array
     for name, arr in (("volume", vol), ("segmentation", seg)):
@@ -111,8 +121,15 @@ def _prepare_volume(unit: RawUnit, out: Path, size: int) -> list[dict[str, Any]]
     if seg.shape != vol.shape:
         raise ReadError(unit.masks[0], f"mask size differs from image: segmentation {seg.shape}, volume {vol.shape}")
     resize = ResizeKeepAspectd(size=size)
-    records = []
+    records, skips = [], []
+    broken: set[int] = set()
+    if np.issubdtype(vol.dtype, np.floating) and not np.isfinite(vol).all():
+        broken = set(np.flatnonzero(~np.isfinite(vol).all(axis=(0, 1))).tolist())  # axial: the last axis
+        vol = np.nan_to_num(vol, nan=0.0, posinf=0.0, neginf=0.0)
     for sl in volume_to_slices(vol, seg, min_brain_fraction=unit.options.get("min_brain_fraction", 0.1)):
+        if sl.index in broken:
+            skips.append(Skip(unit.image, f"slice {sl.index}: {NON_FINITE}").to_json())
+            continue
         d = resize({"image": sl.image, "gt_mask": sl.gt_mask, "foreground": sl.foreground})
         label = int(d["gt_mask"].any())
         item_id = f"{unit.uid}_z{sl.index:03d}"
@@ -122,7 +139,7 @@ def _prepare_volume(unit: RawUnit, out: Path, size: int) -> list[dict[str, Any]]
                   "has_lesion": bool(label)}
         record.update(_write_item(out, item_id, d))
         records.append(record)
-    return records
+    return records, skips
 
 
 def process_unit(unit: RawUnit, out: str | Path, size: int) -> dict[str, Any]:
@@ -130,7 +147,8 @@ def process_unit(unit: RawUnit, out: str | Path, size: int) -> dict[str, Any]:
     out = Path(out)
     try:
         fn = _prepare_volume if unit.kind == "volume" else _prepare_image
-        result: dict[str, Any] = {"uid": unit.uid, "records": fn(unit, out, size), "skipped": []}
+        records, skipped = fn(unit, out, size)
+        result: dict[str, Any] = {"uid": unit.uid, "records": records, "skipped": skipped}
     except ReadError as exc:
         result = {"uid": unit.uid, "records": [], "skipped": [Skip(exc.path, exc.reason).to_json()]}
     except Exception as exc:  # one odd file must not end a run of thousands; it is reported instead

@@ -102,7 +102,12 @@ def _read_unit(path: str) -> np.ndarray:
         raise DataError(str(exc)) from None
     if data.array.ndim != 2:
         raise DataError(f"{path}: expected a 2D image, got shape {data.array.shape}")
-    return to_unit(data.array, data.meta.get("value_range"))
+    if np.issubdtype(data.array.dtype, np.floating) and not np.isfinite(data.array).all():
+        raise DataError(f"{path}: non-finite values (NaN or infinity); remove or repair the file")
+    image = to_unit(data.array, data.meta.get("value_range"))
+    if float(np.ptp(image)) < 1e-6:
+        raise DataError(f"{path}: a constant image (no content) cannot be a source of synthetic anomalies")
+    return image
 
 
 class SourceSet:

@@ -1,0 +1,83 @@
+"""Nothing silently wrong: non-finite and constant images are reported, never prepared as black images;
+a slice of a volume with NaN is reported and its neighbours come out right; bad options are refused."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import nibabel as nib
+import numpy as np
+import pytest
+from test_dataprep_datasets import _brats_tree, _records, _skips
+
+import dataprep as dp
+from pipelines import cli
+
+
+def _folder(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    for name in ("normal", "abnormal"):
+        (root / name).mkdir(parents=True)
+    for i in range(4):
+        cv2.imwrite(str(root / "normal" / f"n{i}.png"), rng.integers(30, 220, (32, 32), dtype=np.uint8))
+    cv2.imwrite(str(root / "abnormal" / "a0.png"), rng.integers(30, 220, (32, 32), dtype=np.uint8))
+    nan = rng.random((32, 32)).astype(np.float32)
+    nan[3, 4] = np.nan
+    cv2.imwrite(str(root / "normal" / "nan.tif"), nan)
+    inf = rng.random((32, 32)).astype(np.float32)
+    inf[0, 0] = np.inf
+    cv2.imwrite(str(root / "normal" / "inf.tif"), inf)
+    cv2.imwrite(str(root / "normal" / "black.png"), np.zeros((32, 32), np.uint8))
+    return root
+
+
+def test_non_finite_and_constant_images_are_reported_not_prepared(tmp_path):
+    out = tmp_path / "out"
+    dp.prepare_dataset("folder", _folder(tmp_path / "raw"), out, size=16)
+    ids = {r["id"] for r in _records(out)}
+    skips = _skips(out)
+    assert skips["nan.tif"] == "non-finite values (NaN or infinity)" == skips["inf.tif"]
+    assert skips["black.png"] == "constant image after preprocessing (no content)"
+    assert not any(name in i for i in ids for name in ("nan", "inf", "black"))
+    for r in _records(out):  # what was prepared has content
+        assert np.ptp(dp.read_png(out / r["image"])) > 0
+
+
+def test_a_volume_slice_with_nan_is_reported_and_the_others_are_right(tmp_path):
+    raw = _brats_tree(tmp_path / "raw", n_cases=1)
+    clean = dp.prepare_dataset("brats", raw, tmp_path / "clean", options={"min_brain_fraction": 0.2, "test_fraction": 0})
+    flair = next(raw.rglob("*_flair.nii.gz"))
+    image = nib.load(flair)
+    vol = np.asarray(image.dataobj, np.float32)
+    z = int(np.argmax((vol != 0).mean(axis=(0, 1))))  # a slice through the brain
+    vol[10, 10, z] = np.nan
+    nib.save(nib.Nifti1Image(vol, image.affine), flair)
+    dp.prepare_dataset("brats", raw, tmp_path / "nan", options={"min_brain_fraction": 0.2, "test_fraction": 0})
+    assert _skips(tmp_path / "nan")[flair.name] == f"slice {z}: non-finite values (NaN or infinity)"
+    before = {r["id"]: r for r in _records(tmp_path / "clean")}
+    after = {r["id"]: r for r in _records(tmp_path / "nan")}
+    assert set(before) - set(after) == {f"{flair.name.split('_flair')[0]}_z{z:03d}"}
+    for item, r in after.items():  # one NaN voxel, counted as 0, leaves the volume's normalisation as it was
+        a = dp.read_png(tmp_path / "nan" / r["image"]).astype(int)
+        b = dp.read_png(tmp_path / "clean" / before[item]["image"]).astype(int)
+        assert np.abs(a - b).max() <= 65535 * 0.01, item
+
+
+def test_generate_names_a_non_finite_source_file(tmp_path, capsys):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "ok.png"), np.random.default_rng(0).integers(0, 255, (32, 32), dtype=np.uint8))
+    cv2.imwrite(str(folder / "bad.tif"), np.full((32, 32), np.nan, np.float32))
+    assert cli.main(["generate", "--data", str(folder), "--out", str(tmp_path / "c.zarr"), "--samples", "4",
+                     "--seed", "0", "--size", "32", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bad.tif: non-finite values" in err
+
+
+@pytest.mark.parametrize("value", [2, -0.5, "half"])
+def test_a_test_fraction_outside_zero_to_one_is_refused(tmp_path, value):
+    with pytest.raises(dp.PrepareError, match="test_fraction must"):
+        dp.prepare_dataset("folder", _folder(tmp_path / "raw"), tmp_path / "out", size=16,
+                           options={"test_fraction": value})
+    assert json.loads((tmp_path / "out" / "prepare.json").read_text())["options"]["test_fraction"] == value
