@@ -220,7 +220,9 @@ def _dask(path: str, jobs: dict[int, list[int]], local: int | None, address: str
 
 @contextlib.contextmanager
 def _exclusive(out: Path) -> Iterator[None]:
-    """One generate per store at a time (a second would write the same shards)."""
+    """One generate per store at a time (a second would write the same shards). The lock is keyed on the
+    resolved path: a second writer through a symbolic link meets the same lock."""
+    out = out.resolve()
     lock_path = out.with_name(f".{out.name}.lock")
     with open(lock_path, "a") as fh:
         try:

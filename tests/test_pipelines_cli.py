@@ -37,3 +37,15 @@ def test_poisson_on_a_one_pixel_image_is_a_clear_error():
 def test_version(capsys):
     assert cli.main(["--version"]) == 0
     assert capsys.readouterr().out == "fmclip 0.1.0\n"
+
+
+def test_a_second_generate_through_a_symlink_meets_the_same_lock(tmp_path):
+    from pipelines.cache import CacheError
+    from pipelines.generate import _exclusive
+
+    real = tmp_path / "real.zarr"
+    real.mkdir()
+    (tmp_path / "link.zarr").symlink_to(real)
+    with _exclusive(real), pytest.raises(CacheError, match="another `fmclip generate` is writing this cache"):
+        with _exclusive(tmp_path / "link.zarr"):
+            pass
