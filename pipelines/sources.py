@@ -90,9 +90,10 @@ def source_spec(data: str | Path, size: int = 224, support: str | None = None) -
     return {"kind": kind, "root": str(root.resolve()), "size": int(size), "items": items, "identity": ident}
 
 
-def _read_unit(path: str) -> np.ndarray:
+def _read_unit(path: str, source: bool = True) -> np.ndarray:
     """One grey image as float32 in [0, 1], through dataprep's reader (every format it
-    knows, 8/16 bit, colour to grey)."""
+    knows, 8/16 bit, colour to grey). A constant ``source`` image is refused; a constant
+    foreground mask (an image that is all anatomy) is not."""
     from dataprep.io import ReadError, read_image
     from dataprep.pixels import to_unit
 
@@ -105,7 +106,7 @@ def _read_unit(path: str) -> np.ndarray:
     if np.issubdtype(data.array.dtype, np.floating) and not np.isfinite(data.array).all():
         raise DataError(f"{path}: non-finite values (NaN or infinity); remove or repair the file")
     image = to_unit(data.array, data.meta.get("value_range"))
-    if float(np.ptp(image)) < 1e-6:
+    if source and float(np.ptp(image)) < 1e-6:
         raise DataError(f"{path}: a constant image (no content) cannot be a source of synthetic anomalies")
     return image
 
@@ -142,7 +143,7 @@ class SourceSet:
             image = resize_keep_aspect(image[None], self.size, "area")[0].clip(0.0, 1.0)
         fg = None
         if item["foreground"]:
-            fg = _read_unit(item["foreground"]) > 0.5
+            fg = _read_unit(item["foreground"], source=False) > 0.5
             if fg.shape != image.shape:
                 fg = resize_keep_aspect(fg[None].astype(np.float32), self.size, "mask")[0] > 0.5
             if not fg.any():  # synth refuses an empty anatomy; the whole frame is the honest fallback
