@@ -21,7 +21,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from .indexing import LayoutError, RawIndex, RawUnit, Skip, safe_id, strip_image_suffix
+from .indexing import LayoutError, RawIndex, RawUnit, Skip, inside, safe_id, strip_image_suffix
 
 NON_PATHOLOGY = {"No Finding", "Support Devices"}
 META_COLUMNS = {"Path", "Sex", "Age", "Frontal/Lateral", "AP/PA"}
@@ -95,6 +95,9 @@ def index_chexpert(root: str | Path, *, uncertain: str = "exclude", frontal_only
                     index.exclude(f"{label} ({csv_path.name})")
                     continue
                 image = _resolve(base, row["Path"])
+                if not inside(base, image):
+                    index.skipped.append(Skip(f"{csv_path}", f"path outside the dataset root ({row['Path']})"))
+                    continue
                 if not image.is_file():
                     index.skipped.append(Skip(str(image), f"listed in {csv_path.name} but missing"))
                     continue

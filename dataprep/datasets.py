@@ -16,9 +16,11 @@ from .indexing import (
     RawUnit,
     Skip,
     check_fraction,
+    inside,
     is_image_name,
     list_files,
     non_image_skip,
+    odd_entries,
     require_dir,
     safe_id,
     split_normals,
@@ -51,6 +53,7 @@ def _class_folder(index: RawIndex, folder: Path, cls: str, label: int, modality:
     (mask stem -> image stem, None for non-masks)."""
     images: dict[str, Path] = {}
     masks: dict[str, list[Path]] = {}
+    index.skipped += odd_entries(folder)
     for path in list_files(folder):
         if not is_image_name(path):
             index.skipped.append(non_image_skip(path))
@@ -172,6 +175,10 @@ def index_mediclip(root: str | Path, *, modality: str | None = None, **_: Any) -
                 continue
             image = images_dir / filename
             mask = entry.get("mask")
+            outside = [name for name in (filename, mask) if name and not inside(images_dir, images_dir / name)]
+            if outside:
+                index.skipped.append(Skip(f"{listing}:{n}", f"path outside the dataset's images/ ({outside[0]})"))
+                continue
             masks = (str(images_dir / mask),) if mask else ()
             used.add(image.resolve())
             used.update((images_dir / mask).resolve() for mask in ([mask] if mask else []))

@@ -7,6 +7,7 @@ its split, label and mask files, and one :class:`Skip` per file it cannot use
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -116,12 +117,45 @@ def split_normals(units: list[RawUnit], test_fraction: float, seed: int = 0) -> 
         u.split = "test" if i < n_test else "train"
 
 
-def list_files(folder: Path) -> list[Path]:
-    """Regular files under ``folder`` (recursive), sorted, hidden files left out."""
-    def hidden(rel: Path) -> bool:
-        return any(part.startswith(".") or part.lower() in IGNORED_NAMES for part in rel.parts)
+def inside(root: str | Path, path: str | Path) -> bool:
+    """Whether ``path`` (resolved, links followed) lies within ``root``: a listed path such as
+    ``../../x.png`` or ``/etc/x.png`` must not reach outside a dataset."""
+    try:
+        Path(path).resolve().relative_to(Path(root).resolve())
+    except (ValueError, OSError, RuntimeError):  # outside, or a link loop that leads nowhere
+        return False
+    return True
 
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not hidden(p.relative_to(folder)))
+
+def _hidden(rel: Path) -> bool:
+    return any(part.startswith(".") or part.lower() in IGNORED_NAMES for part in rel.parts)
+
+
+def list_files(folder: Path) -> list[Path]:
+    """Regular files under ``folder`` (recursive), sorted, hidden files left out (see :func:`odd_entries`
+    for what else is left out)."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not _hidden(p.relative_to(folder)))
+
+
+def odd_entries(folder: Path) -> list[Skip]:
+    """What :func:`list_files` leaves out that a user may have meant as data: dangling symbolic links,
+    symbolic link loops, and folders named like images; each with its reason for the skip report."""
+    out = []
+    for p in sorted(folder.rglob("*")):
+        if _hidden(p.relative_to(folder)):
+            continue
+        if p.is_symlink() and not p.exists():
+            try:
+                p.resolve(strict=True)
+                reason = "dangling symbolic link"
+            except RuntimeError:  # Python's report of a loop
+                reason = "symbolic link loop"
+            except OSError as exc:
+                reason = "symbolic link loop" if exc.errno == errno.ELOOP else "dangling symbolic link"
+            out.append(Skip(str(p), reason))
+        elif p.is_dir() and is_image_name(p):
+            out.append(Skip(str(p), "a folder named like an image"))
+    return out
 
 
 def is_image_name(path: Path) -> bool:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import inspect
 import json
 import multiprocessing as mp
+import os
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -62,6 +63,8 @@ def _pipeline(modality: str, size: int, clahe: bool) -> Any:
 
 def _squeeze2d(arr: np.ndarray, path: str) -> np.ndarray:
     squeezed = np.squeeze(arr)
+    if squeezed.ndim < 2 and arr.size:  # 1 x 1, 1 x 5000: a line or a dot, not an image
+        raise ReadError(path, f"too small (shape {arr.shape}; an image needs 2 pixels or more along each side)")
     if squeezed.ndim != 2:
         raise ReadError(path, f"unexpected dimensionality (shape {arr.shape}; expected a 2D image)")
     return squeezed
@@ -267,7 +270,7 @@ def _assemble(out: Path, index: RawIndex, name: str, size: int, options: dict[st
         result = json.loads((out / "items" / f"{unit.uid}.json").read_text())
         records += result["records"]
         skipped += result["skipped"]
-    root = Path(index.root).resolve()
+    root = Path(index.root)
     for entry in records + skipped:  # paths relative to the raw root: the prepared set can move
         for key in ("source", "path"):
             if key in entry:
@@ -310,10 +313,18 @@ def _assemble(out: Path, index: RawIndex, name: str, size: int, options: dict[st
 
 
 def _relative(path: str, root: Path) -> str:
+    """``path`` as the user named it (links not followed: a dangling link is reported under its
+    own name), relative to the raw root where it lies inside it."""
+    named = Path(os.path.normpath(Path(path).absolute()))
+    for base in (Path(os.path.normpath(root.absolute())), root.resolve()):
+        if named.is_relative_to(base):
+            return named.relative_to(base).as_posix()
     try:
-        return Path(path).resolve().relative_to(root).as_posix()
-    except ValueError:  # outside the root (e.g. CheXpert paths resolved against its parent)
-        return str(Path(path).resolve())
+        full = Path(path).resolve()
+    except (OSError, RuntimeError):  # a symbolic link loop
+        return str(named)
+    # outside the root (e.g. CheXpert paths resolved against its parent)
+    return full.relative_to(root.resolve()).as_posix() if full.is_relative_to(root.resolve()) else str(full)
 
 
 def _jsonable(obj: Any) -> Any:

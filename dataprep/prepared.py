@@ -24,4 +24,12 @@ def read_index(prepared: str | Path) -> list[dict[str, Any]]:
     path = Path(prepared) / "index.jsonl"
     if not path.is_file():
         raise PrepareError(f"{path}: not found (is {prepared} a prepared dataset? run `fmclip prepare` first)")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    from .indexing import inside
+
+    for r in records:
+        for key in ("image", "mask", "foreground"):
+            rel = r.get(key)
+            if rel and (Path(rel).is_absolute() or not inside(prepared, Path(prepared) / rel)):
+                raise PrepareError(f"{path}: record {r.get('id')!r} lists {key} {rel!r} outside the dataset")
+    return records

@@ -46,7 +46,7 @@ def test_non_finite_and_constant_images_are_reported_not_prepared(tmp_path):
 
 def test_a_volume_slice_with_nan_is_reported_and_the_others_are_right(tmp_path):
     raw = _brats_tree(tmp_path / "raw", n_cases=1)
-    clean = dp.prepare_dataset("brats", raw, tmp_path / "clean", options={"min_brain_fraction": 0.2, "test_fraction": 0})
+    dp.prepare_dataset("brats", raw, tmp_path / "clean", options={"min_brain_fraction": 0.2, "test_fraction": 0})
     flair = next(raw.rglob("*_flair.nii.gz"))
     image = nib.load(flair)
     vol = np.asarray(image.dataobj, np.float32)
@@ -81,3 +81,41 @@ def test_a_test_fraction_outside_zero_to_one_is_refused(tmp_path, value):
         dp.prepare_dataset("folder", _folder(tmp_path / "raw"), tmp_path / "out", size=16,
                            options={"test_fraction": value})
     assert json.loads((tmp_path / "out" / "prepare.json").read_text())["options"]["test_fraction"] == value
+
+
+def test_odd_entries_and_tiny_images_get_skip_entries(tmp_path):
+    raw = tmp_path / "raw"
+    _folder(raw)
+    (raw / "normal" / "folder.png").mkdir()
+    (raw / "normal" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    (raw / "normal" / "loop.png").symlink_to(raw / "normal" / "loop.png")
+    cv2.imwrite(str(raw / "normal" / "dot.png"), np.full((1, 1), 128, np.uint8))
+    cv2.imwrite(str(raw / "normal" / "line.png"), np.full((1, 500), 128, np.uint8))
+    dp.prepare_dataset("folder", raw, tmp_path / "out", size=16)
+    skips = _skips(tmp_path / "out")
+    assert skips["folder.png"] == "a folder named like an image"
+    assert skips["gone.png"] == "dangling symbolic link" and skips["loop.png"] == "symbolic link loop"
+    assert skips["dot.png"].startswith("too small") and skips["line.png"].startswith("too small")
+
+
+def test_listed_paths_stay_inside_the_dataset(tmp_path):
+    """MediCLIP's listings and a prepared index.jsonl cannot send a reader outside their root."""
+    secret = tmp_path / "secret.png"
+    cv2.imwrite(str(secret), np.full((32, 32), 99, np.uint8))
+    mc = tmp_path / "mediclip"
+    (mc / "images" / "train").mkdir(parents=True)
+    (mc / "samples").mkdir()
+    cv2.imwrite(str(mc / "images" / "train" / "ok.png"), np.random.default_rng(0).integers(0, 255, (32, 32), np.uint8))
+    lines = [{"filename": "train/ok.png", "label": 0}, {"filename": "../../secret.png", "label": 0},
+             {"filename": str(secret), "label": 0}]
+    (mc / "samples" / "train.json").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    (mc / "samples" / "test.json").write_text("")
+    out = tmp_path / "out"
+    dp.prepare_dataset("mediclip", mc, out, size=16)
+    assert [r["source"] for r in _records(out)] == ["images/train/ok.png"]
+    reasons = [json.loads(line)["reason"] for line in (out / "skipped.jsonl").read_text().splitlines()]
+    assert sum(r.startswith("path outside the dataset's images/") for r in reasons) == 2
+    index = (out / "index.jsonl").read_text().replace('"images/', '"../../')
+    (out / "index.jsonl").write_text(index)
+    with pytest.raises(dp.PrepareError, match="outside the dataset"):
+        dp.read_index(out)
