@@ -117,9 +117,24 @@ def exact_solve(target, guide, mask):
     return exact_poisson(target, guide, mask)
 
 
+def mni_slices():
+    """Two axial slices of nilearn's MNI152 brain at 224 px, the second flipped: a real target and source."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from pipelines.brain import load_mni_brain, square
+
+    volume, _ = load_mni_brain()
+    target = square(volume[80], 224, "area")
+    source = np.ascontiguousarray(square(volume[95], 224, "area")[:, ::-1])
+    return np.clip(target, 0, 1).astype(np.float32), np.clip(source, 0, 1).astype(np.float32)
+
+
 def poisson_cases():
-    """(label, mask): sparse Perlin blobs in 64 / 96 px boxes, and the compact lesions users make: filled
-    ellipses of about 1,000, 2,000 and 4,000 pixels (over half of their bounding box)."""
+    """(label, target, source, mask): sparse Perlin blobs in 64 / 96 px boxes, and the compact lesions
+    users make, filled ellipses of about 1,000, 2,000 and 4,000 pixels (over half of their bounding box),
+    on the synthetic brain-like image and on MNI brain slices."""
+    target, _ = brain_like((224, 224), 1)
+    source, _ = brain_like((224, 224), 2)
+    source = np.ascontiguousarray(source[::-1])
     cases = []
     for size in (64, 96):
         # an irregular patch: a Perlin blob inside a size x size box
@@ -130,20 +145,19 @@ def poisson_cases():
         blob[:, [0, -1]] = False
         mask = np.zeros((224, 224), bool)
         mask[80:80 + size, 70:70 + size] = blob
-        cases.append((f"{size}x{size} sparse blob", mask))
-    for a, b in ((20, 16), (30, 22), (40, 32)):
-        m = np.zeros((224, 224), np.uint8)
-        cv2.ellipse(m, (112, 112), (a, b), 30, 0, 360, 1, -1)
-        cases.append((f"compact ellipse {2 * a}x{2 * b}", m > 0))
+        cases.append((f"{size}x{size} sparse blob", target, source, mask))
+    mni_target, mni_source = mni_slices()
+    for name, t, s in (("", target, source), (", MNI slice", mni_target, mni_source)):
+        for a, b in ((20, 16), (30, 22), (40, 32)):
+            m = np.zeros((224, 224), np.uint8)
+            cv2.ellipse(m, (112, 100), (a, b), 30, 0, 360, 1, -1)
+            cases.append((f"compact ellipse {2 * a}x{2 * b}{name}", t, s, m > 0))
     return cases
 
 
 def poisson_vs_opencv(repeats):
     rows = {}
-    target, _ = brain_like((224, 224), 1)
-    source, _ = brain_like((224, 224), 2)
-    source = np.ascontiguousarray(source[::-1])
-    for label, mask in poisson_cases():
+    for label, target, source, mask in poisson_cases():
         ys, xs = np.nonzero(mask)
         win = (slice(ys.min() - 1, ys.max() + 2), slice(xs.min() - 1, xs.max() + 2))
         ours = lambda: synth.poisson_blend(target, source, mask)  # noqa: E731

@@ -15,7 +15,10 @@ except ImportError:  # optional: json writes the same records, about 5x slower
 # change its last bits.
 # 0.1.2: guided deformation reads (1 - d^2) ** stiffness from a table, source deformation computes
 # d ** (alpha - 1) in float32 (both to within 1e-5 px of the exact warp).
-ENGINE_VERSION = "0.2.0"
+# 0.2.0: every changed pixel is in the mask; lesions cut to the anatomy where the profile says so.
+# 0.2.1: the 2D Poisson solve is preconditioned by a multigrid V-cycle (6-7 iterations instead of
+# 70-115 on brain slices; results within 0.05 grey levels of the exact solve, before 0.1-0.35).
+ENGINE_VERSION = "0.2.1"
 
 
 _SCALARS = frozenset({int, float, str, bool, type(None)})

@@ -1,4 +1,5 @@
-"""The exact masked Poisson problem, solved matrix-free by conjugate gradients.
+"""The exact masked Poisson problem, solved matrix-free by conjugate gradients (in 2D
+preconditioned by a multigrid V-cycle, :mod:`.multigrid`; in 3D by the diagonal).
 
 For every pixel p inside the mask Y (the unknowns):
 
@@ -19,6 +20,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .multigrid import allocate_levels, coarsen, v_cycle, view
+
 
 @njit(cache=True, inline="always")
 def _edge(target, guide, mixed, t_p, g_p, tq, gq):
@@ -37,15 +40,17 @@ _FAST = {"reassoc", "nsz"}
 
 @njit(cache=True, fastmath=_FAST)
 def poisson_2d(target, guide, mask, mixed, tol, max_iter):
-    """Solve on a 2D window; returns (solution window float32, iterations, boundary edges).
+    """Solve on a 2D window by multigrid-preconditioned CG; returns (solution window float32,
+    iterations, boundary edges).
 
     ``tol`` bounds the largest per-pixel residual (intensity units); the solution
     equals ``target`` outside the mask."""
     h, w = target.shape
     H, W = h + 2, w + 2
-    inside = np.zeros((H, W), np.float32)
-    inv_diag = np.zeros((H, W), np.float32)
-    diag = np.zeros((H, W), np.float32)
+    shapes, levels = allocate_levels(h, w)
+    inside = view(levels[0], shapes, 0)
+    diag = view(levels[1], shapes, 0)
+    inv_diag = view(levels[2], shapes, 0)
     rhs = np.zeros((H, W), np.float32)
     x = np.zeros((H, W), np.float32)
     offset_sum = 0.0
@@ -73,34 +78,42 @@ def poisson_2d(target, guide, mask, mixed, tol, max_iter):
             diag[i + 1, j + 1] = n
             inv_diag[i + 1, j + 1] = 1.0 / n
             rhs[i + 1, j + 1] = b
+    coarsen(shapes, levels)
     shift = offset_sum / n_boundary if n_boundary > 0 else 0.0
     for i in range(h):
         for j in range(w):
             if mask[i, j]:
                 x[i + 1, j + 1] = guide[i, j] + shift
     r = np.zeros((H, W), np.float32)
-    p = np.zeros((H, W), np.float32)  # starts at 0 with beta = 0, so the first update makes p = z
+    z = np.zeros((H, W), np.float32)
+    p = np.zeros((H, W), np.float32)
     q = np.zeros((H, W), np.float32)
-    rz = 0.0
-    worst = 0.0
+    worst = np.float32(0.0)
     for i in range(1, H - 1):
         for j in range(1, W - 1):
             ax = diag[i, j] * x[i, j] - x[i - 1, j] - x[i + 1, j] - x[i, j - 1] - x[i, j + 1]
             r[i, j] = inside[i, j] * (rhs[i, j] - ax)
-            rz += r[i, j] * r[i, j] * inv_diag[i, j]
             worst = max(worst, abs(r[i, j]))
     it = 0
+    rz = np.float32(0.0)
     beta = np.float32(0.0)
     while worst >= tol and it < max_iter:
-        # Two passes per iteration instead of three: the direction update p = z + beta p
-        # runs one row ahead of q = A p, which needs the rows above and below updated.
+        v_cycle(r, z, shapes, levels)
+        rz_new = np.float32(0.0)
+        for i in range(1, H - 1):
+            for j in range(1, W - 1):
+                rz_new += r[i, j] * z[i, j]
+        if it > 0:
+            beta = np.float32(rz_new / rz)
+        rz = rz_new
+        # as in poisson_3d: the direction update runs one row ahead of q = A p
         for j in range(1, W - 1):
-            p[1, j] = r[1, j] * inv_diag[1, j] + beta * p[1, j]
+            p[1, j] = z[1, j] + beta * p[1, j]
         pq = np.float32(0.0)
         for i in range(1, H - 1):
             if i + 1 < H - 1:
                 for j in range(1, W - 1):
-                    p[i + 1, j] = r[i + 1, j] * inv_diag[i + 1, j] + beta * p[i + 1, j]
+                    p[i + 1, j] = z[i + 1, j] + beta * p[i + 1, j]
             for j in range(1, W - 1):
                 v = inside[i, j] * (diag[i, j] * p[i, j] - p[i - 1, j] - p[i + 1, j] - p[i, j - 1] - p[i, j + 1])
                 q[i, j] = v
@@ -108,16 +121,12 @@ def poisson_2d(target, guide, mask, mixed, tol, max_iter):
         if pq <= 0.0:
             break
         alpha = np.float32(rz / pq)
-        rz_new = np.float32(0.0)
         worst = np.float32(0.0)
         for i in range(1, H - 1):
             for j in range(1, W - 1):
                 x[i, j] += alpha * p[i, j]
                 r[i, j] -= alpha * q[i, j]
-                rz_new += r[i, j] * r[i, j] * inv_diag[i, j]
                 worst = max(worst, abs(r[i, j]))
-        beta = np.float32(rz_new / rz)
-        rz = rz_new
         it += 1
     out = target.copy()
     for i in range(h):
@@ -129,7 +138,7 @@ def poisson_2d(target, guide, mask, mixed, tol, max_iter):
 
 @njit(cache=True, fastmath=_FAST)
 def poisson_3d(target, guide, mask, mixed, tol, max_iter):
-    """3D version of :func:`poisson_2d` (6-neighbourhood)."""
+    """3D version of :func:`poisson_2d` (6-neighbourhood), preconditioned by the diagonal."""
     d, h, w = target.shape
     D, H, W = d + 2, h + 2, w + 2
     inside = np.zeros((D, H, W), np.float32)
@@ -171,7 +180,7 @@ def poisson_3d(target, guide, mask, mixed, tol, max_iter):
                 if mask[a, i, j]:
                     x[a + 1, i + 1, j + 1] = guide[a, i, j] + shift
     r = np.zeros((D, H, W), np.float32)
-    p = np.zeros((D, H, W), np.float32)  # starts at 0 with beta = 0, as in poisson_2d
+    p = np.zeros((D, H, W), np.float32)  # starts at 0 with beta = 0, so the first update makes p = z
     q = np.zeros((D, H, W), np.float32)
     rz = 0.0
     worst = 0.0
@@ -186,7 +195,8 @@ def poisson_3d(target, guide, mask, mixed, tol, max_iter):
     it = 0
     beta = np.float32(0.0)
     while worst >= tol and it < max_iter:
-        # As in poisson_2d: the direction update runs one plane ahead of q = A p.
+        # Two passes per iteration instead of three: the direction update p = z + beta p
+        # runs one plane ahead of q = A p, which needs the planes on both sides updated.
         for i in range(1, H - 1):
             for j in range(1, W - 1):
                 p[1, i, j] = r[1, i, j] * inv_diag[1, i, j] + beta * p[1, i, j]
