@@ -28,6 +28,7 @@ _SUBMODULES: dict[str, tuple[str, ...]] = {
     ),
     "indexing": ("RawIndex", "RawUnit", "Skip"),
     "io": ("ImageData", "ReadError", "content_hash", "dicom_window", "read_image", "read_png"),
+    "mvtec": ("detect_layout", "index_mvtec"),
     "modality": (
         "MODALITIES", "PipelineConfig", "modality_array_pipeline", "modality_pipeline", "volume_to_slices"
     ),
@@ -69,7 +70,7 @@ __all__ = [
     "MODALITIES", "PipelineConfig", "modality_pipeline", "modality_array_pipeline", "volume_to_slices",
     # datasets
     "INDEXERS", "RawIndex", "RawUnit", "Skip", "index_brainmri", "index_busi", "index_chexpert",
-    "chexpert_label", "index_brats", "index_mediclip", "index_mvfa", "index_folder",
+    "chexpert_label", "index_brats", "index_mediclip", "index_mvfa", "index_mvtec", "index_folder", "detect_layout",
     "PrepareError", "prepare_dataset", "read_index",
     # few-shot
     "draw_support", "verify_support", "load_support", "write_support", "default_support_path",

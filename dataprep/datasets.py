@@ -1,5 +1,5 @@
 """Indexers for 2D datasets as downloaded: BrainMRI, BUSI, anomalib's Folder layout, and
-the prepared layouts that MediCLIP and MVFA publish. CheXpert and BraTS have their own
+the prepared layouts that MediCLIP and MVFA publish. CheXpert, BraTS and MVTec have their own
 modules. Every indexer takes ``(root, **options)`` and returns a :class:`RawIndex`.
 """
 from __future__ import annotations
@@ -242,6 +242,7 @@ def indexers() -> dict[str, Callable[..., RawIndex]]:
     importing the modality pipelines)."""
     from .brats import index_brats
     from .chexpert import index_chexpert
+    from .mvtec import index_mvtec
 
     return {"brainmri": index_brainmri, "busi": index_busi, "chexpert": index_chexpert, "brats": index_brats,
-            "mediclip": index_mediclip, "mvfa": index_mvfa, "folder": index_folder}
+            "mediclip": index_mediclip, "mvfa": index_mvfa, "mvtec": index_mvtec, "folder": index_folder}

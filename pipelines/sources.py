@@ -34,6 +34,24 @@ def _folder_items(folder: Path) -> list[dict[str, Any]]:
     return [{"id": p.relative_to(folder).as_posix(), "image": str(p), "foreground": None} for p in files]
 
 
+def _refuse_dataset_layout(folder: Path) -> None:
+    """A plain folder is read whole as normal images: a dataset as downloaded would give its test
+    images and masks as sources, so it is refused with the ``fmclip prepare`` name that fits."""
+    from dataprep import detect_layout
+
+    found = detect_layout(folder)
+    if found is None:
+        return
+    name, where = found
+    if name == "unknown":
+        raise DataError(f"{folder}: holds {where.relative_to(folder)}/, named like test images or masks; --data as a "
+                        "plain folder reads every image below it as a normal source. Give a folder of normal images "
+                        "only, or prepare the dataset (fmclip prepare --help lists the layouts)")
+    raise DataError(f"{folder}: looks like a dataset as downloaded ({name} layout at {where}); --data as a plain folder "
+                    f"would read its test images and masks as normal sources. Prepare it first: fmclip prepare {name} "
+                    f"--root {where} --out PREPARED, then --data PREPARED")
+
+
 def _prepared_items(prepared: Path, support: str | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     from dataprep import read_index
     from dataprep.fewshot import dataset_identity, load_support
@@ -75,6 +93,7 @@ def source_spec(data: str | Path, size: int = 224, support: str | None = None) -
     else:
         if support:
             raise DataError(f"{support}: --support needs a prepared dataset as --data ({root} has no index.jsonl)")
+        _refuse_dataset_layout(root)
         items, kind = _folder_items(root), "folder"
         digest = hashlib.sha256()
         for item in items:  # content, not names or times: a copied folder keeps its identity

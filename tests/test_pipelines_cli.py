@@ -49,3 +49,17 @@ def test_a_second_generate_through_a_symlink_meets_the_same_lock(tmp_path):
     with _exclusive(real), pytest.raises(CacheError, match="another `fmclip generate` is writing this cache"):
         with _exclusive(tmp_path / "link.zarr"):
             pass
+
+
+def test_generate_refuses_a_dataset_as_downloaded(tmp_path, capsys):
+    # a plain --data folder is read whole as normal sources: a dataset layout would give test images and masks
+    import cv2
+
+    for name in ("train/good/0.png", "test/crack/0.png", "ground_truth/crack/0_mask.png"):
+        (tmp_path / "bottle" / name).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(tmp_path / "bottle" / name), np.random.default_rng(0).integers(0, 255, (32, 32), np.uint8))
+    code = cli.main(["generate", "--data", str(tmp_path / "bottle"), "--out", str(tmp_path / "c.zarr"),
+                     "--samples", "4", "--seed", "0", "--size", "32", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "fmclip prepare mvtec" in err and "Traceback" not in err
+    assert not (tmp_path / "c.zarr").exists()
