@@ -54,3 +54,23 @@ def resize_keep_aspect(arr: np.ndarray, size: int, mode: str = "area", pad_value
     for c in range(arr.shape[0]):
         out[c, top:top + nh, left:left + nw] = _resize_plane(arr[c], nh, nw, mode)
     return out
+
+
+MASK_RULE = ("lesion where a label-map mask (8 distinct values or fewer) is non-zero, and where a grey-level mask "
+             "(JPEG ringing, anti-aliased edges) is at least half its maximum")
+
+
+def binarize_mask(mask: np.ndarray) -> np.ndarray:
+    """A lesion mask file's pixels as bool, by :data:`MASK_RULE`: 0/1, 0/255 and label maps keep
+    every labelled pixel; a JPEG mask's ringing (low grey values around the edges) is dropped.
+
+    Example:
+        >>> binarize_mask(np.array([0, 255, 255, 0], np.uint8)).tolist()
+        [False, True, True, False]
+        >>> binarize_mask(np.array([0, 1, 2, 3, 4, 5, 6, 7, 250, 255], np.uint8)).tolist()  # JPEG ringing
+        [False, False, False, False, False, False, False, False, True, True]
+    """
+    values = np.unique(mask[np.isfinite(mask)] if np.issubdtype(mask.dtype, np.floating) else mask)
+    if values.size <= 8:
+        return mask > 0
+    return mask >= values[-1] / 2

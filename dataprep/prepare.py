@@ -38,6 +38,7 @@ from .dictionary import ResizeKeepAspectd
 from .indexing import LayoutError, RawIndex, RawUnit, Skip, unique_ids
 from .io import ReadError, atomic_write_bytes, content_hash, read_image, to_uint16, write_png
 from .modality import PipelineConfig, modality_pipeline, volume_to_slices
+from .pixels import MASK_RULE, binarize_mask
 from .prepared import PrepareError
 
 FORMAT_VERSION = 1
@@ -83,6 +84,7 @@ def _write_item(out: Path, item_id: str, d: dict[str, Any]) -> dict[str, Any]:
 
 NON_FINITE = "non-finite values (NaN or infinity)"
 CONSTANT = "constant image after preprocessing (no content)"
+FULL_MASK = 0.99  # a lesion mask above this share of the image is a wrong file, not a lesion
 
 
 def _prepare_image(unit: RawUnit, out: Path, size: int) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
@@ -98,7 +100,10 @@ def _prepare_image(unit: RawUnit, out: Path, size: int) -> tuple[list[dict[str, 
             if mask.shape != image.shape:
                 raise ReadError(mpath, f"mask size differs from image: mask {mask.shape}, image {image.shape} "
                                        f"({Path(unit.image).name})")
-            union |= mask > 0
+            union |= binarize_mask(mask)
+        if union.mean() > FULL_MASK:
+            raise ReadError(unit.masks[0], f"mask covers the whole image ({100 * union.mean():.1f} %): no normal "
+                                           "pixels to tell the lesion from")
         d["gt_mask"] = union[None].astype(np.float32)
     d = _pipeline(unit.modality, size, bool(unit.options.get("clahe", False)))(d)
     if float(np.ptp(d["image"])) < 1e-6:  # a black or flat image: no anatomy to learn from or to score
@@ -294,6 +299,7 @@ def _assemble(out: Path, index: RawIndex, name: str, size: int, options: dict[st
         **_settings(name, size, options), "root": str(root),
         "image_format": "PNG, 16-bit grey: value / 65535 is the image in [0, 1]",
         "mask_format": "PNG, 8-bit: 255 lesion / anatomy, 0 elsewhere",
+        "mask_rule": MASK_RULE,
         "content_hash": "sha256 of the 16-bit pixel array (C order, little endian) at the working size",
         "counts": counts, "raw_units": len(index.units), "excluded": dict(sorted(index.excluded.items())),
         "skipped": {"count": len(skipped), "by_reason": dict(sorted(Counter(skip_category(s["reason"])

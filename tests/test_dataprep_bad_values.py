@@ -119,3 +119,35 @@ def test_listed_paths_stay_inside_the_dataset(tmp_path):
     (out / "index.jsonl").write_text(index)
     with pytest.raises(dp.PrepareError, match="outside the dataset"):
         dp.read_index(out)
+
+
+def test_masks_are_binarised_by_the_stated_rule_and_full_masks_reported(tmp_path):
+    raw = tmp_path / "raw"
+    rng = np.random.default_rng(5)
+    for i in range(4):
+        (raw / "normal").mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(raw / "normal" / f"n{i}.png"), rng.integers(30, 220, (64, 64), dtype=np.uint8))
+    (raw / "abnormal").mkdir()
+    (raw / "mask").mkdir()
+    lesion = np.zeros((64, 64), np.uint8)
+    cv2.circle(lesion, (30, 34), 12, 255, -1)
+    for name in ("jpeg", "zero_one", "labels", "full"):
+        cv2.imwrite(str(raw / "abnormal" / f"{name}.png"), rng.integers(30, 220, (64, 64), dtype=np.uint8))
+    cv2.imwrite(str(raw / "mask" / "jpeg.jpg"), lesion, [cv2.IMWRITE_JPEG_QUALITY, 30])  # ringing around the edge
+    cv2.imwrite(str(raw / "mask" / "zero_one.png"), lesion // 255)  # 0/1, dark to the eye
+    labels = (lesion // 255).copy()
+    labels[30:34, 20:40] *= 4  # a label map: 0, 1, 4
+    cv2.imwrite(str(raw / "mask" / "labels.png"), labels)
+    cv2.imwrite(str(raw / "mask" / "full.png"), np.full((64, 64), 255, np.uint8))
+    out = tmp_path / "out"
+    dp.prepare_dataset("folder", raw, out, size=64)
+    masks = {r["id"]: dp.read_png(out / r["mask"]) > 0 for r in _records(out) if r.get("mask")}
+    truth = lesion > 0
+    ringing = cv2.imdecode(cv2.imencode(".jpg", lesion, [cv2.IMWRITE_JPEG_QUALITY, 30])[1], cv2.IMREAD_GRAYSCALE)
+    assert ((ringing > 0) & ~truth).sum() > 20  # the file really rings: "> 0" would have grown the lesion
+    for name in ("jpeg", "zero_one", "labels"):
+        mask = masks[f"abnormal__{name}"]
+        assert (mask ^ truth).sum() <= 0.05 * truth.sum(), name  # the lesion, not its ringing or nothing
+    assert _skips(out)["full.png"].startswith("mask covers the whole image")
+    assert "abnormal__full" not in {r["id"] for r in _records(out)}
+    assert "label-map" in json.loads((out / "card.json").read_text())["mask_rule"]
