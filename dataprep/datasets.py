@@ -160,6 +160,7 @@ def index_mediclip(root: str | Path, *, modality: str | None = None, **_: Any) -
     modality = modality or _guess_modality(base.name)
     index = RawIndex("mediclip", str(root))
     used: set[Path] = set()
+    listed: dict[Path, RawUnit] = {}
     for split in ("train", "test"):
         listing = base / "samples" / f"{split}.json"
         if not listing.is_file():
@@ -180,6 +181,14 @@ def index_mediclip(root: str | Path, *, modality: str | None = None, **_: Any) -
                 index.skipped.append(Skip(f"{listing}:{n}", f"path outside the dataset's images/ ({outside[0]})"))
                 continue
             masks = (str(images_dir / mask),) if mask else ()
+            first = listed.get(image.resolve())
+            if first is not None:  # one file, one id: a second listing would overwrite the first
+                if first.split == split:
+                    index.skipped.append(Skip(f"{listing}:{n}", f"listed twice in samples/{split}.json ({filename})"))
+                    continue
+                index.units.remove(first)  # in train and test: kept in test only, never trained on
+                index.skipped.append(Skip(str(image), "listed in samples/train.json and samples/test.json: kept "
+                                                      "in the test split only"))
             used.add(image.resolve())
             used.update((images_dir / mask).resolve() for mask in ([mask] if mask else []))
             if not image.is_file():
@@ -187,6 +196,7 @@ def index_mediclip(root: str | Path, *, modality: str | None = None, **_: Any) -
                 continue
             uid = safe_id(*Path(strip_image_suffix(filename)).parts)
             index.units.append(RawUnit(uid, split, 1 if label else 0, str(image), masks, modality))
+            listed[image.resolve()] = index.units[-1]
     for path in list_files(images_dir):
         if path.resolve() not in used:
             index.skipped.append(Skip(str(path), "not listed in samples/train.json or samples/test.json"))

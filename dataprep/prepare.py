@@ -22,32 +22,24 @@ from __future__ import annotations
 import inspect
 import json
 import multiprocessing as mp
-import os
-from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
+from .card import assemble, settings
 from .datasets import indexers
 from .dictionary import ResizeKeepAspectd
 from .indexing import LayoutError, RawIndex, RawUnit, Skip, unique_ids
 from .io import ReadError, atomic_write_bytes, content_hash, read_image, to_uint16, write_png
 from .modality import PipelineConfig, modality_pipeline, volume_to_slices
-from .pixels import MASK_RULE, binarize_mask
+from .pixels import binarize_mask
 from .prepared import PrepareError
 
-FORMAT_VERSION = 1
 INDEXERS: dict[str, Callable[..., RawIndex]] = indexers()
-
-
-def skip_category(reason: str) -> str:
-    """The reason without its file-specific detail, for counting in the card."""
-    return reason.split(" (")[0].split(":")[0].strip()
 
 
 # ---------------------------------------------------------------- one unit (runs in a worker)
@@ -181,11 +173,6 @@ def _run(args: tuple[RawUnit, str, int]) -> str:
 # ---------------------------------------------------------------- the whole run
 
 
-def _settings(name: str, size: int, options: dict[str, Any]) -> dict[str, Any]:
-    return {"format_version": FORMAT_VERSION, "dataset": name, "size": int(size),
-            "options": {k: options[k] for k in sorted(options)}}
-
-
 def _check_settings(out: Path, settings: dict[str, Any]) -> None:
     path = out / "prepare.json"
     if path.is_file():
@@ -225,7 +212,7 @@ def prepare_dataset(name: str, root: str | Path, out: str | Path, *, size: int =
     options = dict(options or {})
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _check_settings(out, _settings(name, size, options))
+    _check_settings(out, settings(name, size, options))
     _clean_temporaries(out)
     accepted = {p.name for p in inspect.signature(INDEXERS[name]).parameters.values()
                 if p.kind is inspect.Parameter.KEYWORD_ONLY}
@@ -263,79 +250,4 @@ def prepare_dataset(name: str, root: str | Path, out: str | Path, *, size: int =
             finished += 1
             if on_progress:
                 on_progress(finished, total)
-    return _assemble(out, index, name, size, options, strict)
-
-
-def _assemble(out: Path, index: RawIndex, name: str, size: int, options: dict[str, Any],
-              strict: bool) -> dict[str, Any]:
-    """Index, skip report and card from the finished units of this index (stale ones ignored)."""
-    records: list[dict[str, Any]] = []
-    skipped = [s.to_json() for s in index.skipped]
-    for unit in index.units:
-        result = json.loads((out / "items" / f"{unit.uid}.json").read_text())
-        records += result["records"]
-        skipped += result["skipped"]
-    root = Path(index.root)
-    for entry in records + skipped:  # paths relative to the raw root: the prepared set can move
-        for key in ("source", "path"):
-            if key in entry:
-                entry[key] = _relative(entry[key], root)
-        if "mask_sources" in entry:
-            entry["mask_sources"] = [_relative(m, root) for m in entry["mask_sources"]]
-    records.sort(key=lambda r: r["id"])
-    ids = [r["id"] for r in records]
-    if len(set(ids)) != len(ids):
-        dup = next(i for i, c in Counter(ids).items() if c > 1)
-        raise PrepareError(f"{out}: duplicate prepared id {dup!r}")
-    atomic_write_bytes(out / "index.jsonl", "".join(json.dumps(r) + "\n" for r in records).encode())
-    atomic_write_bytes(out / "skipped.jsonl", "".join(json.dumps(s) + "\n" for s in skipped).encode())
-    counts: dict[str, Any] = {}
-    for split in ("train", "test"):
-        rs = [r for r in records if r["split"] == split]
-        counts[split] = {"normal": sum(r["label"] == 0 for r in rs), "abnormal": sum(r["label"] == 1 for r in rs),
-                         "with_mask": sum(r["mask"] is not None for r in rs), "total": len(rs)}
-    counts["total"] = len(records)
-    card = {
-        **_settings(name, size, options), "root": str(root),
-        "image_format": "PNG, 16-bit grey: value / 65535 is the image in [0, 1]",
-        "mask_format": "PNG, 8-bit: 255 lesion / anatomy, 0 elsewhere",
-        "mask_rule": MASK_RULE,
-        "content_hash": "sha256 of the 16-bit pixel array (C order, little endian) at the working size",
-        "counts": counts, "raw_units": len(index.units), "excluded": dict(sorted(index.excluded.items())),
-        "skipped": {"count": len(skipped), "by_reason": dict(sorted(Counter(skip_category(s["reason"])
-                                                                            for s in skipped).items())),
-                    "report": "skipped.jsonl"},
-        "notes": index.notes,
-    }
-    atomic_write_bytes(out / "card.json", json.dumps(card, indent=2, default=_jsonable).encode())
-    if not records:
-        raise PrepareError(f"{out}: nothing usable remains: {len(skipped)} files skipped "
-                           f"(see {out / 'skipped.jsonl'})")
-    if strict and skipped:
-        first = skipped[0]
-        raise PrepareError(f"--strict: {len(skipped)} files skipped, first {first['path']}: {first['reason']} "
-                           f"(all in {out / 'skipped.jsonl'})")
-    return card
-
-
-def _relative(path: str, root: Path) -> str:
-    """``path`` as the user named it (links not followed: a dangling link is reported under its
-    own name), relative to the raw root where it lies inside it."""
-    named = Path(os.path.normpath(Path(path).absolute()))
-    for base in (Path(os.path.normpath(root.absolute())), root.resolve()):
-        if named.is_relative_to(base):
-            return named.relative_to(base).as_posix()
-    try:
-        full = Path(path).resolve()
-    except (OSError, RuntimeError):  # a symbolic link loop
-        return str(named)
-    # outside the root (e.g. CheXpert paths resolved against its parent)
-    return full.relative_to(root.resolve()).as_posix() if full.is_relative_to(root.resolve()) else str(full)
-
-
-def _jsonable(obj: Any) -> Any:
-    if hasattr(obj, "__dataclass_fields__"):
-        return asdict(obj)
-    if isinstance(obj, (np.integer, np.floating)):
-        return obj.item()
-    return str(obj)
+    return assemble(out, index, name, size, options, strict)

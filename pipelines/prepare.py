@@ -77,4 +77,9 @@ def run(args: argparse.Namespace) -> int:
           f"train {c['train']['normal']} normal / {c['train']['abnormal']} abnormal, "
           f"test {c['test']['normal']} normal / {c['test']['abnormal']} abnormal; "
           f"{card['skipped']['count']} files skipped (see {args.out}/skipped.jsonl)")
+    dups = card["duplicates_across_splits"]
+    if dups["count"]:
+        train_id, test_id = dups["pairs"][0]
+        print(f"warning: {dups['count']} training images have the same pixels as a test image (first: {train_id} = "
+              f"{test_id}); few-shot draws leave them out (card.json duplicates_across_splits)", file=sys.stderr)
     return 0

@@ -151,3 +151,31 @@ def test_masks_are_binarised_by_the_stated_rule_and_full_masks_reported(tmp_path
     assert _skips(out)["full.png"].startswith("mask covers the whole image")
     assert "abnormal__full" not in {r["id"] for r in _records(out)}
     assert "label-map" in json.loads((out / "card.json").read_text())["mask_rule"]
+
+
+def test_one_image_in_both_mediclip_splits_and_copies_across_splits_are_reported(tmp_path):
+    mc = tmp_path / "mediclip"
+    rng = np.random.default_rng(9)
+    for name in ("a", "b", "c"):
+        (mc / "images" / "train").mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(mc / "images" / "train" / f"{name}.png"), rng.integers(30, 220, (32, 32), dtype=np.uint8))
+    (mc / "images" / "test").mkdir()
+    cv2.imwrite(str(mc / "images" / "test" / "copy_of_c.png"), cv2.imread(str(mc / "images" / "train" / "c.png")))
+    cv2.imwrite(str(mc / "images" / "test" / "t.png"), rng.integers(30, 220, (32, 32), dtype=np.uint8))
+    (mc / "samples").mkdir()
+    train = [{"filename": f"train/{n}.png", "label": 0} for n in ("a", "b", "c", "b")]  # b twice
+    test = [{"filename": "train/a.png", "label": 0}, {"filename": "test/copy_of_c.png", "label": 0},
+            {"filename": "test/t.png", "label": 1}]
+    (mc / "samples" / "train.json").write_text("".join(json.dumps(x) + "\n" for x in train))
+    (mc / "samples" / "test.json").write_text("".join(json.dumps(x) + "\n" for x in test))
+    out = tmp_path / "out"
+    card = dp.prepare_dataset("mediclip", mc, out, size=16)
+    records = {r["id"]: r for r in _records(out)}
+    assert records["train__a"]["split"] == "test"  # in both listings: test only, one record
+    assert sorted(r["split"] for r in records.values()) == ["test", "test", "test", "train", "train"]
+    reasons = [json.loads(line)["reason"] for line in (out / "skipped.jsonl").read_text().splitlines()]
+    assert any(r.startswith("listed in samples/train.json and samples/test.json") for r in reasons)
+    assert any(r.startswith("listed twice in samples/train.json") for r in reasons)
+    assert card["duplicates_across_splits"]["pairs"] == [["train__c", "test__copy_of_c"]]
+    doc = dp.draw_support(out, 1, 0)  # the leakage check sees the copy
+    assert doc["support"] == ["train__b"] and doc["excluded_for_leakage"] == ["train__c"]
