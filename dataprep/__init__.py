@@ -27,7 +27,7 @@ _SUBMODULES: dict[str, tuple[str, ...]] = {
         "verify_support", "write_support"
     ),
     "indexing": ("RawIndex", "RawUnit", "Skip"),
-    "io": ("ImageData", "ReadError", "content_hash", "dicom_window", "read_image", "read_png"),
+    "io": ("ImageData", "ReadError", "WriteError", "content_hash", "dicom_window", "read_image", "read_png"),
     "mvtec": ("detect_layout", "index_mvtec"),
     "modality": (
         "MODALITIES", "PipelineConfig", "modality_array_pipeline", "modality_pipeline", "volume_to_slices"
@@ -56,7 +56,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     # reading
-    "ImageData", "ReadError", "read_image", "read_png", "content_hash", "dicom_window",
+    "ImageData", "ReadError", "WriteError", "read_image", "read_png", "content_hash", "dicom_window",
     # array transforms
     "EnsureGrey", "ScaleIntensityToUnit", "PercentileNormalize", "ResizeKeepAspect", "CLAHE",
     "BrainForeground", "LungFieldMask", "UltrasoundFrameCrop", "UltrasoundForeground",

@@ -39,6 +39,11 @@ class ReadError(Exception):
         super().__init__(f"{self.path}: {reason}")
 
 
+class WriteError(OSError):
+    """Writing an output failed (disk full, read-only, no permission). Unlike a :class:`ReadError`
+    it is never a skip: the run stops, and a rerun resumes once the cause is fixed."""
+
+
 @dataclass
 class ImageData:
     """Pixels and metadata of one file.
@@ -260,14 +265,19 @@ def content_hash(pixels: np.ndarray) -> str:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write to a temporary file in the same folder, then os.replace: readers never see half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise WriteError(exc.errno, exc.strerror or str(exc), str(path)) from None
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, WriteError):
+            raise WriteError(exc.errno, exc.strerror or str(exc), str(path)) from None
         raise
 
 

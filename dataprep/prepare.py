@@ -34,7 +34,7 @@ from .card import assemble, settings
 from .datasets import indexers
 from .dictionary import ResizeKeepAspectd
 from .indexing import LayoutError, RawIndex, RawUnit, Skip, unique_ids
-from .io import ReadError, atomic_write_bytes, content_hash, read_image, to_uint16, write_png
+from .io import ReadError, WriteError, atomic_write_bytes, content_hash, read_image, to_uint16, write_png
 from .modality import PipelineConfig, modality_pipeline, volume_to_slices
 from .pixels import binarize_mask
 from .prepared import PrepareError
@@ -151,6 +151,8 @@ def process_unit(unit: RawUnit, out: str | Path, size: int) -> dict[str, Any]:
         result: dict[str, Any] = {"uid": unit.uid, "records": records, "skipped": skipped}
     except ReadError as exc:
         result = {"uid": unit.uid, "records": [], "skipped": [Skip(exc.path, exc.reason).to_json()]}
+    except WriteError:  # the output's fault, not the file's: stop, and redo this unit on the rerun
+        raise
     except Exception as exc:  # one odd file must not end a run of thousands; it is reported instead
         result = {"uid": unit.uid, "records": [],
                   "skipped": [Skip(unit.image, f"unexpected error ({type(exc).__name__}: {exc})").to_json()]}
@@ -210,8 +212,19 @@ def prepare_dataset(name: str, root: str | Path, out: str | Path, *, size: int =
     if not Path(root).is_dir():
         raise PrepareError(f"{root}: raw data folder not found")
     options = dict(options or {})
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _prepare(name, root, Path(out), size, workers, strict, options, on_progress)
+    except WriteError as exc:
+        raise PrepareError(f"{exc.filename}: cannot write ({exc.strerror}); finished images are kept: rerun the "
+                           "same command once there is space or write access") from None
+
+
+def _prepare(name: str, root: str | Path, out: Path, size: int, workers: int, strict: bool, options: dict[str, Any],
+             on_progress: Callable[[int, int], None] | None) -> dict[str, Any]:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WriteError(exc.errno, exc.strerror or str(exc), str(out)) from None
     _check_settings(out, settings(name, size, options))
     _clean_temporaries(out)
     accepted = {p.name for p in inspect.signature(INDEXERS[name]).parameters.values()

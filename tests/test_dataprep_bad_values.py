@@ -179,3 +179,43 @@ def test_one_image_in_both_mediclip_splits_and_copies_across_splits_are_reported
     assert card["duplicates_across_splits"]["pairs"] == [["train__c", "test__copy_of_c"]]
     doc = dp.draw_support(out, 1, 0)  # the leakage check sees the copy
     assert doc["support"] == ["train__b"] and doc["excluded_for_leakage"] == ["train__c"]
+
+
+def test_a_full_disk_stops_prepare_and_the_rerun_loses_nothing(tmp_path, monkeypatch, capsys):
+    import errno
+    import os
+
+    from dataprep import io as dio
+
+    raw = tmp_path / "raw"
+    rng = np.random.default_rng(11)
+    for cls, n in (("normal", 6), ("abnormal", 2)):
+        (raw / cls).mkdir(parents=True)
+        for i in range(n):
+            cv2.imwrite(str(raw / cls / f"{cls[0]}{i}.png"), rng.integers(30, 220, (32, 32), dtype=np.uint8))
+    real_fdopen, calls = os.fdopen, []
+
+    def full_after_ten(fd, *args, **kwargs):
+        calls.append(fd)
+        if len(calls) > 10:
+            os.close(fd)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fdopen(fd, *args, **kwargs)
+
+    monkeypatch.setattr(dio.os, "fdopen", full_after_ten)
+    out = tmp_path / "out"
+    with pytest.raises(dp.PrepareError, match="No space left on device.*rerun the same command"):
+        dp.prepare_dataset("folder", raw, out, size=16)
+    items = list((out / "items").glob("*.json"))
+    assert all(not json.loads(p.read_text())["skipped"] for p in items)  # a write error is never a skip
+    assert not list(out.rglob(".*.tmp"))
+    monkeypatch.setattr(dio.os, "fdopen", real_fdopen)
+    card = dp.prepare_dataset("folder", raw, out, size=16)  # the rerun resumes
+    assert card["counts"]["total"] == 8 and card["skipped"]["count"] == 0
+    # and the command line says it in one line
+    monkeypatch.setattr(dio.os, "fdopen", full_after_ten)
+    calls.clear()
+    calls.extend([0] * 10)
+    code = cli.main(["prepare", "folder", "--root", str(raw), "--out", str(tmp_path / "out2"), "--size", "16"])
+    err = capsys.readouterr().err
+    assert code == 1 and "No space left on device" in err and "Traceback" not in err
