@@ -16,11 +16,11 @@ from .indexing import (
     RawUnit,
     Skip,
     check_fraction,
+    image_files,
     inside,
     is_image_name,
     list_files,
     non_image_skip,
-    odd_entries,
     require_dir,
     safe_id,
     split_normals,
@@ -53,11 +53,7 @@ def _class_folder(index: RawIndex, folder: Path, cls: str, label: int, modality:
     (mask stem -> image stem, None for non-masks)."""
     images: dict[str, Path] = {}
     masks: dict[str, list[Path]] = {}
-    index.skipped += odd_entries(folder)
-    for path in list_files(folder):
-        if not is_image_name(path):
-            index.skipped.append(non_image_skip(path))
-            continue
+    for path in image_files(folder, index):
         stem = strip_image_suffix(path.name)
         target = mask_of(stem) if mask_of else None
         if target is None:
@@ -233,10 +229,7 @@ def index_mvfa(root: str | Path, *, modality: str | None = None, objects: str | 
                     continue
                 mask_dir = split_dir / cls / "anomaly_mask"
                 masks = {strip_image_suffix(p.name): p for p in list_files(mask_dir)} if mask_dir.is_dir() else {}
-                for path in list_files(img_dir):
-                    if not is_image_name(path):
-                        index.skipped.append(non_image_skip(path))
-                        continue
+                for path in image_files(img_dir, index):
                     stem = strip_image_suffix(path.name)
                     mask = masks.pop(stem, None)
                     index.units.append(RawUnit(safe_id(obj, split_dir.name, cls, stem), split, label, str(path),

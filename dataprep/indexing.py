@@ -137,6 +137,19 @@ def list_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and not _hidden(p.relative_to(folder)))
 
 
+def image_files(folder: Path, index: RawIndex) -> list[Path]:
+    """The image files under ``folder`` (as :func:`list_files`); every other entry a user may have
+    meant as data (other files, broken links, folders named like images) goes to ``index.skipped``."""
+    index.skipped += odd_entries(folder)
+    images = []
+    for path in list_files(folder):
+        if is_image_name(path):
+            images.append(path)
+        else:
+            index.skipped.append(non_image_skip(path))
+    return images
+
+
 def odd_entries(folder: Path) -> list[Skip]:
     """What :func:`list_files` leaves out that a user may have meant as data: dangling symbolic links,
     symbolic link loops, and folders named like images; each with its reason for the skip report."""

@@ -15,10 +15,8 @@ from .indexing import (
     RawIndex,
     RawUnit,
     Skip,
-    is_image_name,
+    image_files,
     list_files,
-    non_image_skip,
-    odd_entries,
     safe_id,
     strip_image_suffix,
     unique_ids,
@@ -51,10 +49,7 @@ def _masks(folder: Path, index: RawIndex) -> dict[str, Path]:
     if not folder.is_dir():
         return {}
     out = {}
-    for path in list_files(folder):
-        if not is_image_name(path):
-            index.skipped.append(non_image_skip(path))
-            continue
+    for path in image_files(folder, index):
         out[re.sub(r"_mask$", "", strip_image_suffix(path.name))] = path
     return out
 
@@ -81,11 +76,7 @@ def index_mvtec(root: str | Path, *, category: str | None = None, modality: str 
                                       for p in list_files(cls_dir)]
                     continue
                 masks = _masks(cat / "ground_truth" / cls_dir.name, index) if label else {}
-                index.skipped += odd_entries(cls_dir)
-                for path in list_files(cls_dir):
-                    if not is_image_name(path):
-                        index.skipped.append(non_image_skip(path))
-                        continue
+                for path in image_files(cls_dir, index):
                     stem = strip_image_suffix(path.name)
                     mask = masks.pop(stem, None)
                     index.units.append(RawUnit(safe_id(*prefix, split, cls_dir.name, stem), split, label,
