@@ -110,9 +110,10 @@ def index_folder(root: str | Path, *, normal_dir: str = "normal", abnormal_dir: 
     image's file stem); an optional ``normal_test`` folder, else a seeded normal split."""
     base = Path(root)
     index = RawIndex("folder", str(root))
-    require_dir(base / normal_dir, "normal images")
+    found = ", ".join(p.name + "/" for p in sorted(base.iterdir()) if p.is_dir()) or "no folders"
+    require_dir(base / normal_dir, f"normal images; found {found}: name yours with -o normal_dir=NAME")
     normals = _class_folder(index, base / normal_dir, "normal", 0, modality)
-    abnormal = _class_folder(index, require_dir(base / abnormal_dir, "abnormal images"), "abnormal", 1, modality)
+    abnormal = _class_folder(index, require_dir(base / abnormal_dir, f"abnormal images; found {found}: name yours with -o abnormal_dir=NAME"), "abnormal", 1, modality)
     if (base / normal_test_dir).is_dir():
         test_normals = _class_folder(index, base / normal_test_dir, "normal_test", 0, modality)
         for u in test_normals:

@@ -176,8 +176,10 @@ def _run(args: tuple[RawUnit, str, int]) -> str:
 
 
 def _check_settings(out: Path, settings: dict[str, Any]) -> None:
+    """Finished work goes on only under its own settings; a folder with none (a run that failed
+    before its first image, e.g. on a wrong option) takes the new ones."""
     path = out / "prepare.json"
-    if path.is_file():
+    if path.is_file() and any((out / "items").glob("*.json")):
         previous = json.loads(path.read_text())
         if {k: previous.get(k) for k in settings} != settings:
             raise PrepareError(f"{out}: prepared earlier with other settings ({path.name}: {previous}); "

@@ -219,3 +219,23 @@ def test_a_full_disk_stops_prepare_and_the_rerun_loses_nothing(tmp_path, monkeyp
     code = cli.main(["prepare", "folder", "--root", str(raw), "--out", str(tmp_path / "out2"), "--size", "16"])
     err = capsys.readouterr().err
     assert code == 1 and "No space left on device" in err and "Traceback" not in err
+
+
+def test_a_failed_prepare_does_not_block_the_corrected_rerun(tmp_path, capsys):
+    raw = tmp_path / "raw"
+    rng = np.random.default_rng(2)
+    for cls, n in (("good", 4), ("bad", 2)):
+        (raw / cls).mkdir(parents=True)
+        for i in range(n):
+            cv2.imwrite(str(raw / cls / f"{i}.png"), rng.integers(30, 220, (32, 32), dtype=np.uint8))
+    out = tmp_path / "out"
+    assert cli.main(["prepare", "folder", "--root", str(raw), "--out", str(out), "--size", "16"]) == 1
+    err = capsys.readouterr().err
+    assert "-o normal_dir=NAME" in err and "good/" in err  # says which option names the folder
+    assert cli.main(["prepare", "folder", "--root", str(raw), "--out", str(out), "--size", "16",
+                     "-o", "normal_dir=good", "-o", "abnormal_dir=bad"]) == 0
+    assert len(_records(out)) == 6
+    # finished work still refuses other settings
+    assert cli.main(["prepare", "folder", "--root", str(raw), "--out", str(out), "--size", "32",
+                     "-o", "normal_dir=good", "-o", "abnormal_dir=bad"]) == 1
+    assert "other settings" in capsys.readouterr().err
