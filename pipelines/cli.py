@@ -23,6 +23,18 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Shows each option's default after its help, unless the help states it already or there is
+    none worth stating (None, False: a flag that is off)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "default" in text or default in (None, False, argparse.SUPPRESS) or action.option_strings == []:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def version() -> str:
     from importlib.metadata import PackageNotFoundError
     from importlib.metadata import version as package_version
@@ -57,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     name = argv[0]
     module = importlib.import_module(COMMANDS[name][0])
-    command_parser = argparse.ArgumentParser(prog=f"fmclip {name}", description=COMMANDS[name][1])
+    command_parser = argparse.ArgumentParser(prog=f"fmclip {name}", description=COMMANDS[name][1],
+                                             formatter_class=DefaultsHelpFormatter)
     module.add_arguments(command_parser)
     args = command_parser.parse_intermixed_args(argv[1:])  # train takes key=value overrides anywhere
     return int(module.run(args) or 0)

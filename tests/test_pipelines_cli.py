@@ -63,3 +63,20 @@ def test_generate_refuses_a_dataset_as_downloaded(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "fmclip prepare mvtec" in err and "Traceback" not in err
     assert not (tmp_path / "c.zarr").exists()
+
+
+def test_every_option_with_a_default_shows_it_in_help(capsys):
+    import argparse
+    import importlib
+
+    for name, (module, _) in COMMANDS.items():
+        with pytest.raises(SystemExit):
+            cli.main([name, "--help"])
+        shown = " ".join(capsys.readouterr().out.split())
+        parser = argparse.ArgumentParser()
+        importlib.import_module(module).add_arguments(parser)
+        for action in parser._actions:
+            if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) and action.help:
+                default = action.default
+                forms = {str(default)} | ({" ".join(map(str, default))} if isinstance(default, list) else set())
+                assert any(f in shown for f in forms), (name, action.option_strings, default)
