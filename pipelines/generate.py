@@ -26,6 +26,7 @@ from .cache import (
     FORMAT,
     METHOD_EPOCHS,
     THREAD_VARIABLES,
+    ZSTD_LEVEL,
     CacheError,
     mark_done,
     n_shards,
@@ -36,7 +37,6 @@ from .cache import (
     single_threaded,
     write_shard,
 )
-from .shards import ZSTD_CHUNKS
 from .sources import DataError, source_spec
 
 
@@ -81,7 +81,7 @@ def build_settings(args: argparse.Namespace, spec: dict[str, Any]) -> dict[str, 
             "seed": int(args.seed), "samples": int(args.samples), "shard_size": int(args.shard_size),
             "chunk_size": min(int(args.chunk_size), int(args.shard_size)),
             "size": int(args.size), "dtype": args.dtype, "compressor": args.compressor,
-            **({"zstd_chunks": ZSTD_CHUNKS} if args.compressor == "zstd" else {}), "dataset": spec["identity"],
+            **({"zstd_level": ZSTD_LEVEL} if args.compressor == "zstd" else {}), "dataset": spec["identity"],
             "source_selection": "source_index(seed) = default_rng(SeedSequence(seed, spawn_key=(0x5EED,)))"
                                 ".integers(number of sources)"}
 
@@ -98,51 +98,9 @@ def _die_with_parent() -> None:
             os._exit(1)
 
 
-# What ``keep_freed_memory`` sets, as the environment variables glibc reads at a process's start
-# (for Dask's local workers, spawned by its nannies).
-_KEEP_FREED = {"MALLOC_TRIM_THRESHOLD_": 256 << 20, "MALLOC_MMAP_THRESHOLD_": 32 << 20}
-# Afterwards: where glibc's own thresholds settle in a process that frees a block of 32 MB.
-_AFTER = {"MALLOC_TRIM_THRESHOLD_": 64 << 20, "MALLOC_MMAP_THRESHOLD_": 32 << 20}
-
-
-def keep_freed_memory(keep: bool = True) -> None:
-    """Linux with glibc: keep memory that a shard frees for the next shard. By default glibc
-    gives it back to the kernel, and the next shard faults it in again page by page: zstd's
-    output buffers alone (its bound, 3.2 MB a chunk) cost 860 page faults a shard, about 3 us
-    each on these VMs (2-3 % of generation). Freed heap memory stays in the process up to
-    256 MB, and allocations up to 32 MB come from the heap.
-
-    ``keep=False``, for a process that goes on (the driver may be the user's own): freed memory
-    up to 64 MB stays. glibc cannot go back to its dynamic thresholds once they are set, and
-    its static defaults (128 kB) would make every batch-sized array a fresh mapping: reading a
-    cache in the process that had generated it went from 19,000 to 14,000 samples/s."""
-    values = _KEEP_FREED if keep else _AFTER
-    with contextlib.suppress(Exception):  # another libc, or none to load: nothing to tune
-        import ctypes
-
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-        mallopt(-1, values["MALLOC_TRIM_THRESHOLD_"])  # M_TRIM_THRESHOLD
-        mallopt(-3, values["MALLOC_MMAP_THRESHOLD_"])  # M_MMAP_THRESHOLD
-
-
-def _exit_without_teardown() -> None:
-    """A spawned worker's last step: flush its output and leave without the interpreter's
-    teardown. The teardown's full garbage collections over numba's objects took 0.2 s, which
-    the driver's pool waits for at the end of every run (2 % of a 2-process run of 32,768
-    samples); the worker has nothing else to finish: its files are closed, its results sent."""
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(0)
-
-
 def _init_worker() -> None:
     _die_with_parent()
     single_thread()
-    keep_freed_memory()
-    import atexit
-
-    atexit.register(_exit_without_teardown)  # registered last, so it runs first
 
 
 def _run_shard_dask(path: str, shard: int, seeds: list[int]) -> dict[str, Any]:
@@ -155,12 +113,8 @@ def _local(path: str, jobs: dict[int, list[int]], workers: int,
     """``task(path, shard, seeds)`` of every job on ``workers`` local processes, results as they
     come. This process is one of them: the ``workers - 1`` spawned ones take about 1 s each to
     start (imports, numba's cached kernels), and it makes shards meanwhile instead of waiting."""
-    keep_freed_memory()
-    try:
-        with single_threaded():  # this process may be the user's own: its settings come back
-            yield from _run_local(path, deque(jobs.items()), workers, task)
-    finally:
-        keep_freed_memory(False)
+    with single_threaded():  # this process may be the user's own: its settings come back
+        yield from _run_local(path, deque(jobs.items()), workers, task)
 
 
 def _run_local(path: str, todo: deque, workers: int, task: Callable[[str, int, list[int]], Any]) -> Iterator[Any]:
@@ -192,20 +146,18 @@ def _run_local(path: str, todo: deque, workers: int, task: Callable[[str, int, l
             raise
 
 
+_DASK_ENVIRON = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_ARENA_MAX")
+
+
 def _dask(path: str, jobs: dict[int, list[int]], local: int | None, address: str | None) -> Iterator[dict[str, Any]]:
-    import dask
     from distributed import Client, LocalCluster, as_completed
 
     threads = dict.fromkeys(THREAD_VARIABLES, "1")
     with contextlib.ExitStack() as stack:
         if local is not None:
-            # Set before its nannies spawn the workers (glibc reads them at start); a cluster we
-            # join keeps its own settings. The nannies set them in this process's environment
-            # too, where they are put back as they were afterwards.
-            saved = {k: os.environ.get(k) for k in _KEEP_FREED}
-            stack.callback(restore_environ, saved)
-            environ = {f"distributed.nanny.pre-spawn-environ.{k}": str(v) for k, v in _KEEP_FREED.items()}
-            stack.enter_context(dask.config.set(environ))
+            # Dask's nannies set variables (MALLOC_TRIM_THRESHOLD_) in this process's environment too;
+            # it may be the user's own, so they are put back as they were afterwards.
+            stack.callback(restore_environ, {k: None for k in _DASK_ENVIRON} | dict(os.environ))
             cluster = stack.enter_context(LocalCluster(n_workers=local, threads_per_worker=1, processes=True,
                                                        dashboard_address=None, env=threads))
             client = stack.enter_context(Client(cluster))

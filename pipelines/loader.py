@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .shards import ShardReader
+from .samples import to_unit
 
 FIELDS = ("images", "masks", "labels", "tasks", "source_ids")
 
@@ -207,19 +207,16 @@ def _unit(stored: np.ndarray, as_stored: bool) -> torch.Tensor:
     axis added. numpy converts: single-threaded, where torch's 2-thread ops fought zarr's thread."""
     dtype = torch.from_numpy(stored[:0]).dtype if as_stored else torch.float32
     out = _new_tensor((*stored.shape[:-2], 1, *stored.shape[-2:]), dtype)
-    view = out.numpy().reshape(stored.shape)
-    view[...] = stored
-    to_unit_in_place(view, stored.dtype)
+    _convert(stored, out.numpy().reshape(stored.shape))
     return out
 
 
-def to_unit_in_place(images: np.ndarray, stored: np.dtype) -> None:
-    """Images just cast from their stored type, brought to [0, 1]: uint8 0..255 is divided by
-    255 (float16 is stored in [0, 1]). The exact cast and then an in-place divide give the values
-    of ``np.divide(uint8, 255, dtype=float32)`` without its buffered mixed-type loop (0.74
-    against 1.02 ms for 64 images of 224 x 224)."""
-    if stored == np.uint8 and images.dtype == np.float32:
-        np.divide(images, np.float32(255.0), out=images)
+def _convert(stored: np.ndarray, out: np.ndarray) -> None:
+    """Stored images into ``out``: as stored, or float32 in [0, 1] (``samples.to_unit``)."""
+    if out.dtype == stored.dtype:
+        out[...] = stored
+    else:
+        to_unit(stored, out=out)
 
 
 def _mask(stored: np.ndarray) -> torch.Tensor:
@@ -249,16 +246,13 @@ def gather_rows(parts: list[tuple[dict[str, np.ndarray], np.ndarray]], images: n
     """Write the rows of a batch into these arrays (their first ``n`` rows): images converted
     to ``images.dtype`` (uint8 to float32 in [0, 1]), masks to bool. Returns the batch's
     ``task`` and ``source_id`` lists."""
-    k = 0
-    for d, rows in parts:
-        for r in rows.tolist():
-            images[k] = d["images"][r]
-            np.not_equal(d["masks"][r], 0, out=masks[k])
-            k += 1
-    to_unit_in_place(images[:k], parts[0][0]["images"].dtype)
-
     def gather(key: str) -> np.ndarray:
         return np.concatenate([d[key][rows] for d, rows in parts])
+
+    stored = gather("images")
+    k = len(stored)
+    _convert(stored, images[:k])
+    np.not_equal(gather("masks"), 0, out=masks[:k])
 
     labels[:k] = gather("labels")
     index[:k] = gather("index")
@@ -288,21 +282,24 @@ class CachedDataset(_Split):
                  as_stored: bool = False, rank: int | None = None, world_size: int | None = None) -> None:
         super().__init__(shuffle=shuffle, seed=seed, window=window, block=block, batch_size=batch_size,
                          drop_last=drop_last, as_stored=as_stored, rank=rank, world_size=world_size)
-        from .cache import read_settings
+        from .cache import CacheError, finished_shards, n_shards, read_settings
 
         self.path = str(path)
         settings = read_settings(self.path)
         if settings is None:
             raise FileNotFoundError(f"{self.path}: not an fmclip cache")
+        done, total = len(finished_shards(self.path)), n_shards(settings["samples"], settings["shard_size"])
+        if done < total:  # it would report its full length and fail, or read fill values, mid-epoch
+            raise CacheError(f"{self.path}: unfinished cache ({done} of {total} shards written); run the same "
+                             "fmclip generate command again to finish it")
         self.samples, self.shard_size = settings["samples"], settings["shard_size"]
         self._size, self._dtype = int(settings["size"]), settings["dtype"]
         self._arrays: dict[str, Any] | None = None
-        self._readers: dict[str, Any] = {}
         self._meta: dict[int, dict[str, np.ndarray]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_arrays"], state["_readers"], state["_meta"] = None, {}, {}  # each worker opens its own
+        state["_arrays"], state["_meta"] = None, {}  # each worker opens its own
         return state
 
     def _open(self) -> dict[str, Any]:
@@ -313,9 +310,6 @@ class CachedDataset(_Split):
             zarr.config.set({"async.concurrency": 4, "threading.max_workers": 1})
             group = zarr.open_group(self.path, mode="r")
             self._arrays = {k: group[k] for k in FIELDS}
-            # Images and masks straight from the shard files where the layout is ours (a fifth
-            # of zarr's time per sample); through zarr otherwise.
-            self._readers = {k: ShardReader.open(self.path, k) for k in ("images", "masks")}
         return self._arrays
 
     def stored_layout(self) -> tuple[tuple[int, int], np.dtype]:
@@ -340,11 +334,7 @@ class CachedDataset(_Split):
         at = 0
         for start, stop in runs(indices, self.shard_size):
             for name, target in rows.items():
-                reader = self._readers.get(name)
-                if reader is not None:
-                    reader.read(start, stop, target[at:at + stop - start])
-                else:
-                    target[at:at + stop - start] = a[name][start:stop]
+                target[at:at + stop - start] = a[name][start:stop]
             at += stop - start
             for shard in range(start // self.shard_size, (stop - 1) // self.shard_size + 1):
                 lo, hi = max(start, shard * self.shard_size), min(stop, (shard + 1) * self.shard_size)
@@ -396,7 +386,7 @@ class SynthDataset(_Split):
     def _read(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         import synth
 
-        from .cache import make_samples
+        from .samples import make_samples
         from .sources import SourceSet
 
         if self._sources is None:

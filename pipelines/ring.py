@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .loader import _Split, gather_rows, to_unit_in_place
+from .loader import _convert, _Split, gather_rows
 
 
 class _Ring:
@@ -146,9 +146,6 @@ class BatchLoader:
         dtype = images.dtype if self.dataset.as_stored else torch.float32
         image = torch.empty((n, 1, *self._hw), dtype=dtype, pin_memory=self.pin_memory)
         mask = torch.empty((n, 1, *self._hw), dtype=torch.bool, pin_memory=self.pin_memory)
-        stored = images.numpy()
-        view = image.numpy()[:, 0]
-        view[...] = stored
-        to_unit_in_place(view, stored.dtype)
+        _convert(images.numpy(), image.numpy()[:, 0])
         mask.numpy()[:, 0] = masks.numpy()
         return image, mask

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import OrderedDict
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -171,24 +170,6 @@ class SourceSet:
         if len(self._cache) > self.keep:
             self._cache.popitem(last=False)
         return image, fg
-
-
-_SOURCE_KEY = 0x5EED
-
-
-def source_indices(seeds: Sequence[int], n_sources: int) -> np.ndarray:
-    """The source image of each sample (int64), from its seed: drawn from a stream spawned off
-    the seed (not the seed's own stream, which synthesis uses), so it depends on nothing else.
-    The draw is ``default_rng(SeedSequence(seed, spawn_key=(0x5EED,))).integers(n_sources)``,
-    computed by compiled kernels (tests compare them with numpy's)."""
-    from synth.kernels import keyed_pcg64_states
-
-    from .kernels import bounded_draws
-
-    if not 1 <= n_sources <= 2**32:  # beyond the kernels' 32-bit draws: numpy itself
-        return np.array([np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(_SOURCE_KEY,)))
-                         .integers(n_sources) for seed in seeds], np.int64)
-    return bounded_draws(keyed_pcg64_states(np.asarray(seeds, np.uint64), _SOURCE_KEY), n_sources)
 
 
 def spec_json(spec: dict[str, Any]) -> str:

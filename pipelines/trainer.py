@@ -22,7 +22,7 @@ import torch
 from model import FusionLoss, FusionMedCLIP, load_checkpoint, param_groups
 
 from .batches import TrainBatches, read_samples, split_samples, tasks_of
-from .cache import DONE, n_shards, read_settings
+from .cache import DONE, CacheError, n_shards, read_settings
 from .features import FeatureCache
 from .metrics import roc_auc
 from .runs import RunDir, code_version, load_state
@@ -43,7 +43,10 @@ def open_cache(path: str | None) -> dict[str, Any]:
 
     if not path:
         raise TrainError("no cache given: pass --cache CACHE.zarr (made by `fmclip generate`)")
-    settings = read_settings(path)
+    try:
+        settings = read_settings(path)
+    except CacheError as exc:
+        raise TrainError(str(exc)) from None
     if settings is None:
         raise TrainError(f"{path}: not an fmclip cache (make one with `fmclip generate`)")
     total = n_shards(settings["samples"], settings["shard_size"])

@@ -22,13 +22,14 @@ import numpy as np
 from .cache import (
     CHECKSUMS,
     DONE,
+    CacheError,
     file_checksums,
     n_shards,
-    quantize,
     read_marker,
     read_settings,
     shard_range,
 )
+from .samples import to_stored
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,7 +91,7 @@ def check_replay(path: Path, settings: dict[str, Any], count: int, seed: int, sk
             continue
         record = str(group["records"][i])
         out, mask = synth.replay(image, record, foreground=fg, config=config)
-        same = (np.array_equal(quantize(out, settings["dtype"]), group["images"][i])
+        same = (np.array_equal(to_stored(out, settings["dtype"]), group["images"][i])
                 and np.array_equal((mask > 0.5).astype(np.uint8), group["masks"][i])
                 and int(group["labels"][i]) == int(mask.any())
                 and int(group["seeds"][i]) == json.loads(record)["seed"])
@@ -101,7 +102,11 @@ def check_replay(path: Path, settings: dict[str, Any], count: int, seed: int, sk
 
 def run(args: argparse.Namespace) -> int:
     path = Path(args.cache)
-    settings = read_settings(path)
+    try:
+        settings = read_settings(path)
+    except CacheError as exc:
+        print(f"fmclip verify: error: {exc}", file=sys.stderr)
+        return 2
     if settings is None:
         print(f"fmclip verify: error: {path}: not an fmclip cache (no zarr.json with fmclip settings)",
               file=sys.stderr)

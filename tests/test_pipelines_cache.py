@@ -10,7 +10,6 @@ import platform
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import google_crc32c
@@ -20,8 +19,7 @@ import zarr
 from cache_helpers import ROOT, arrays, assert_same, gen
 
 from pipelines import cli
-from pipelines.cache import ARRAYS_1D, _write_arrays, file_checksums, mark_done, shard_keys
-from pipelines.shards import ShardFiles
+from pipelines.cache import file_checksums, mark_done, shard_keys
 
 
 def test_store_layout_and_contents(reference):
@@ -55,77 +53,30 @@ def test_two_workers_and_dask_write_the_same_arrays(images, reference, tmp_path)
         assert file_checksums(reference, shard) == file_checksums(tmp_path / "dask.zarr", shard)
 
 
-@pytest.mark.parametrize(("dtype", "compressor"), [("uint8", "lz4"), ("float16", "lz4"), ("uint8", "zstd"),
-                                                   ("float16", "zstd"), ("uint8", "none")])
-def test_direct_shard_writer_writes_the_bytes_zarr_writes(images, tmp_path, dtype, compressor):
-    """Shards are written by ShardFiles, not zarr: zarr must read its files back as the data
-    written, they must be zarr's byte for byte (zarr rewriting the same data is the reference)
-    except for zstd frames, which python-zstandard encodes (its zstd, not numcodecs', and for
-    images with a window over the chunk, which zarr cannot ask for) or, for the masks, our
-    run-length encoder; a partial shard is left to zarr."""
+@pytest.mark.parametrize(("dtype", "compressor"), [("uint8", "lz4"), ("float16", "zstd"), ("uint8", "none")])
+def test_the_store_is_zarrs_own_with_a_checksum_per_chunk(images, tmp_path, dtype, compressor):
+    """Written through zarr's public API: plain zarr reads it, its codecs are the stated ones with a
+    CRC-32C after each chunk, and each marker holds the CRC-32C of each file of its shard."""
     out = tmp_path / "c.zarr"
     assert gen(images, out, "--workers", "1", "--dtype", dtype, "--compressor", compressor, samples=20) == 0
-    expected = {"lz4": "blosc", "zstd": "zstd", "none": None}[compressor]
-    codecs = [c.to_dict()["name"] for c in zarr.open_array(str(out / "images"), mode="r").compressors]
-    assert codecs == ([expected] if expected else []) and len(list((out / "images" / "c").iterdir())) == 3
-    names = ["images", "masks", *ARRAYS_1D]
-    writer = ShardFiles.open(out, names, binary=("masks",))
-    assert writer is not None, "the cache's own layout must take the direct path"
-    group = zarr.open_group(str(out), mode="r+")
-    arrays_ = {n: group[n] for n in names}
-    zstd_coded = {n for n in names if "zstd" in [c.to_dict()["name"] for c in arrays_[n].compressors]}
-    assert zstd_coded == set(ARRAYS_1D) | ({"images", "masks"} if compressor == "zstd" else set())
-    for shard, (start, stop) in enumerate([(0, 8), (8, 16)]):
-        data = {n: a[start:stop] for n, a in arrays_.items()}
-        data.update({n: np.array([str(v) for v in data[n]], dtype=object) for n in ("tasks", "source_ids", "records")})
-        for n in names:  # a distinct value in each array, so reading back the old file would fail
-            data[n][0] = data[n][0] + ("~" if data[n].dtype == object else 1)
-        # the masks' set rows given for one shard, found by the encoder for the other
-        sums = writer.write(shard, data, {"masks": data["masks"].any(axis=-1)} if shard else None)
-        ours = {k: (out / k).read_bytes() for k in shard_keys(shard)}
-        assert sums == {k: f"{google_crc32c.value(b):08x}" for k, b in ours.items()}
-        reread = zarr.open_group(str(out), mode="r")
-        for n in names:
-            assert reread[n][start:stop].tolist() == data[n].tolist(), n
-        _write_arrays(arrays_, slice(start, stop), data)
-        theirs = {k: (out / k).read_bytes() for k in shard_keys(shard)}
-        own_frames = {k for k in ours if k.split("/")[0] in zstd_coded}
-        assert {k: b for k, b in theirs.items() if k not in own_frames} == {
-            k: b for k, b in ours.items() if k not in own_frames}
-    partial = {n: a[16:20] for n, a in arrays_.items()}
-    before = {k: (out / k).read_bytes() for k in shard_keys(2)}
-    assert writer.write(2, partial) is None  # zarr pads a partial chunk with its fill value
-    assert {k: (out / k).read_bytes() for k in shard_keys(2)} == before
+    images_array = zarr.open_array(str(out / "images"), mode="r")
+    expected = {"lz4": ["blosc"], "zstd": ["zstd"], "none": []}[compressor]
+    assert [c.to_dict()["name"] for c in images_array.compressors] == [*expected, "crc32c"]
+    assert images_array.dtype == np.dtype(dtype) and len(list((out / "images" / "c").iterdir())) == 3
+    for shard in range(3):
+        marker = json.loads((out / "_done" / f"{shard:06d}.json").read_text())
+        assert marker["crc32c"] == {k: f"{google_crc32c.value((out / k).read_bytes()):08x}" for k in shard_keys(shard)}
 
 
-def test_zstd_chunks_find_the_samples_repeated_anywhere_in_the_chunk(tmp_path):
-    """A chunk of 64 samples cycling through 16 incompressible images holds 16 images' worth
-    of information, but each repeat lies 16 images (800 kB) back: beyond zstd's fast-level
-    window (512 kB) as zarr encodes it, within ShardFiles' window over the whole chunk."""
-    rng = np.random.default_rng(0)
-    sources = rng.integers(0, 256, (16, 224, 224), dtype=np.uint8)
-    data = np.ascontiguousarray(sources[np.arange(64) % 16])
-    group = zarr.open_group(str(tmp_path / "z.zarr"), mode="w", zarr_format=3)
-    for name in ("ours", "zarrs"):
-        group.create_array(name, shape=data.shape, dtype="uint8", chunks=data.shape, shards=data.shape,
-                           compressors=zarr.codecs.ZstdCodec(level=-7))
-    assert ShardFiles.open(tmp_path / "z.zarr", ["ours"]).write(0, {"ours": data}) is not None
-    group["zarrs"][:] = data
-    ours, zarrs = ((tmp_path / "z.zarr" / n / "c" / "0" / "0" / "0").stat().st_size for n in ("ours", "zarrs"))
-    assert ours < 1.05 * sources.nbytes and zarrs > 0.95 * data.nbytes
-    assert np.array_equal(zarr.open_array(str(tmp_path / "z.zarr" / "ours"), mode="r")[:], data)
-
-
-def test_direct_shard_writer_declines_layouts_it_does_not_encode(tmp_path):
-    group = zarr.open_group(str(tmp_path / "other.zarr"), mode="w", zarr_format=3)
-    group.create_array("gz", shape=(8,), chunks=(4,), dtype="uint8", compressors=zarr.codecs.GzipCodec())
-    group.create_array("zs", shape=(8, 4), chunks=(4, 4), shards=(8, 4), dtype="uint8",
-                       compressors=zarr.codecs.ZstdCodec(level=1))
-    group.create_array("split", shape=(8, 4), chunks=(4, 2), shards=(8, 4), dtype="uint8")
-    assert ShardFiles.open(tmp_path / "other.zarr", ["zs"]) is not None
-    for name in ("gz", "split"):
-        assert ShardFiles.open(tmp_path / "other.zarr", ["zs", name]) is None, name
-    assert ShardFiles.open(tmp_path / "other.zarr", ["missing"]) is None
+def test_a_cache_of_the_old_format_is_refused_with_what_to_do(reference, tmp_path, capsys):
+    old = tmp_path / "old.zarr"
+    subprocess.run(["cp", "-r", str(reference), str(old)], check=True)
+    meta = json.loads((old / "zarr.json").read_text())
+    meta["attributes"]["fmclip"]["format"] = "fmclip-cache/1"
+    (old / "zarr.json").write_text(json.dumps(meta))
+    assert cli.main(["verify", str(old)]) == 2
+    err = capsys.readouterr().err
+    assert "fmclip-cache/1" in err and "--overwrite" in err and "Traceback" not in err
 
 
 def test_resume_after_sigkill_matches_uninterrupted_run(images, tmp_path):
@@ -181,53 +132,6 @@ def test_a_store_remade_in_the_same_process_is_written_with_its_new_settings(ima
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="tunes glibc's allocator only")
-def test_workers_keep_freed_memory_for_the_next_shard():
-    """zstd's pattern (a buffer of its bound, shrunk to the output, freed) faults its pages in
-    again on every call under glibc's defaults; not once a worker keeps freed memory. After a
-    run (the driver may be the user's process) a batch-sized array is reused as glibc's own
-    dynamic thresholds would reuse it, not mapped afresh on every call."""
-    script = textwrap.dedent(f"""
-        import ctypes, resource, sys
-        sys.path.insert(0, {str(ROOT)!r})
-        from pipelines.generate import keep_freed_memory
-        libc = ctypes.CDLL("libc.so.6")
-        libc.malloc.restype = libc.realloc.restype = ctypes.c_void_p
-        libc.malloc.argtypes, libc.realloc.argtypes = [ctypes.c_size_t], [ctypes.c_void_p, ctypes.c_size_t]
-        libc.free.argtypes = [ctypes.c_void_p]
-
-        def faults_per_call(pattern, calls=20):
-            start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            for _ in range(calls):
-                pattern()
-            return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start) / calls
-
-        def zstd_like():
-            p = libc.malloc(3_200_000)
-            ctypes.memset(p, 1, 850_000)
-            libc.free(libc.realloc(p, 850_000))
-
-        def batch():  # a 64 x 224 x 224 float32 batch, written whole
-            p = libc.malloc(12_845_056)
-            ctypes.memset(p, 1, 12_845_056)
-            libc.free(p)
-
-        before = faults_per_call(zstd_like)
-        faults_per_call(batch, 2)
-        batch_defaults = faults_per_call(batch)
-        keep_freed_memory()
-        faults_per_call(zstd_like, 2)
-        kept = faults_per_call(zstd_like)
-        keep_freed_memory(False)
-        faults_per_call(batch, 2)
-        print(before, batch_defaults, kept, faults_per_call(batch))
-    """)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env).stdout
-    before, batch_defaults, kept, batch_after = map(float, out.split())
-    assert before >= 150 and kept <= 2  # 850 kB is 208 pages
-    assert batch_after <= batch_defaults + 2  # 3,136 pages if mapped afresh each time
-
-
 def test_a_local_run_gives_the_calling_process_its_thread_settings_back(images, tmp_path, monkeypatch):
     """The command's own process makes shards single-threaded beside its workers; it may be the
     user's process, so OpenCV's and blosc's thread counts and the thread variables come back."""
@@ -248,24 +152,6 @@ def test_a_local_run_gives_the_calling_process_its_thread_settings_back(images, 
         numcodecs.blosc.set_nthreads(blosc)
 
 
-def test_a_worker_leaves_without_teardown_but_with_its_output():
-    """A pool worker's exit skips the interpreter's teardown (the handlers registered before
-    the worker's, and the garbage collections after them) but still flushes what it wrote."""
-    script = textwrap.dedent(f"""
-        import atexit, sys
-        sys.path.insert(0, {str(ROOT)!r})
-        atexit.register(print, "teardown ran")
-        from pipelines.generate import _init_worker
-        _init_worker()
-        print("buffered line")
-        sys.stderr.write("error line")
-    """)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # a pipe: stdout block-buffered
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout == "buffered line\n" and done.stderr.endswith("error line")
-
-
 def test_verify_passes_then_names_the_corrupted_shard(reference, tmp_path, capsys):
     from pipelines.cli import main
 
@@ -281,22 +167,6 @@ def test_verify_passes_then_names_the_corrupted_shard(reference, tmp_path, capsy
     out = capsys.readouterr().out
     assert "shard 1 " in out and "images/c/1/0/0" in out
     assert "shard 0" not in out and "shard 2" not in out
-
-
-def test_verify_reads_sha256_markers_of_older_stores(reference, tmp_path, capsys):
-    old = tmp_path / "old.zarr"
-    subprocess.run(["cp", "-r", str(reference), str(old)], check=True)
-    for shard in (0, 1):
-        marker = old / "_done" / f"{shard:06d}.json"
-        record = json.loads(marker.read_text())
-        del record["crc32c"]
-        record["sha256"] = {k: hashlib.sha256((old / k).read_bytes()).hexdigest() for k in shard_keys(shard)}
-        marker.write_text(json.dumps(record))
-    assert cli.main(["verify", str(old), "--replay", "0"]) == 0
-    (old / "masks" / "c" / "1" / "0" / "0").write_bytes(b"\0")
-    assert cli.main(["verify", str(old), "--replay", "0"]) == 1
-    out = capsys.readouterr().out
-    assert "shard 1 " in out and "masks/c/1/0/0" in out and "shard 0 " not in out
 
 
 def test_verify_regenerates_and_catches_a_changed_sample(reference, tmp_path, capsys):
@@ -374,9 +244,9 @@ def test_unwritable_out_is_a_clear_error(images, tmp_path, capsys):
     assert str(out) in err and "not a folder" in err and "Traceback" not in err
 
 
-def test_a_cache_worker_imports_neither_torch_nor_zarr(reference, tmp_path):
-    """A spawned generate worker pays for every import before its first shard: it writes
-    whole shards through ShardFiles, so it needs neither torch nor zarr."""
+def test_a_cache_worker_does_not_import_torch(reference, tmp_path):
+    """A spawned generate worker pays for every import before its first shard: it needs zarr,
+    not torch (seconds)."""
     from pipelines.cache import read_settings
 
     store = tmp_path / "copy.zarr"
@@ -388,7 +258,7 @@ def test_a_cache_worker_imports_neither_torch_nor_zarr(reference, tmp_path):
         f"seeds = synth.spawn_seeds({settings['seed']}, {settings['samples']})[:8]\n"
         f"write_shard({str(store)!r}, 0, seeds)\n"
         "import pipelines\n"
-        "print(sorted(m for m in ('torch', 'zarr') if m in sys.modules), pipelines.__all__)\n"
+        "print(sorted(m for m in ('torch', 'monai') if m in sys.modules), pipelines.__all__)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[] ['CachedDataset', 'SynthDataset', 'BatchLoader']", out.stdout + out.stderr

@@ -100,19 +100,3 @@ def spawned_seeds(entropy, first, n):
         _fill_pool(pool, entropy, key, 2 if key[1] else 1)
         _state_uint64(pool, out[k:k + 1])
     return out
-
-
-@njit(cache=True)
-def keyed_pcg64_states(seeds, key):
-    """For each 64-bit seed s: ``SeedSequence(s, spawn_key=(key,)).generate_state(4, np.uint64)``,
-    the words PCG64 is seeded with (``key`` below 2**32). One row of 4 per seed."""
-    out = np.empty((len(seeds), 4), np.uint64)
-    pool = np.empty(_POOL, np.uint64)
-    entropy = np.zeros(_POOL, np.uint32)  # a seed below 2**64 pads to the same 4 words
-    key_words = np.full(1, np.uint64(key) & _MASK, np.uint64)
-    for k in range(len(seeds)):
-        seed = np.uint64(seeds[k])
-        entropy[0], entropy[1] = np.uint32(seed & _MASK), np.uint32(seed >> np.uint64(32))
-        _fill_pool(pool, entropy, key_words, 1)
-        _state_uint64(pool, out[k])
-    return out
