@@ -6,9 +6,8 @@
    form without writing (uint8 images, binary masks, labels, record JSON), so the cost of the
    conversion and that of compressing and writing are seen apart;
 2. the cached loader's samples/s with 2 workers vs the on-the-fly dataset through the same
-   loader: items collated by the DataLoader, whole float32 batches made by the dataset and moved
-   by torch's DataLoader, and whole batches moved by ``BatchLoader`` (steady state: the second
-   epoch of persistent workers, rounds alternating cached and on the fly; targets: >= 3,000
+   loader: items collated by the DataLoader, and whole batches made by the dataset and moved by
+   torch's DataLoader, float32 and as stored (steady state: the second epoch of persistent workers, rounds alternating cached and on the fly; targets: >= 3,000
    samples/s at 224 x 224 through the DataLoader; >= 2x on the fly);
 3. the start-up of a fresh ``fmclip generate`` process (one 256-sample shard);
 4. each ``--compressor``'s encoding and decoding cost and stored size (numcodecs, as zarr calls
@@ -120,15 +119,11 @@ def gen(data: Path, out: Path, samples: int, shard: int, workers: int, size: int
     return time.perf_counter() - t
 
 
-def make_loader(ds, workers: int, ring: bool):
-    """Loading ``ds`` with ``workers`` persistent workers: whole batches through torch's DataLoader or
-    (``ring``) ``BatchLoader``'s shared slots; items collated by the DataLoader otherwise."""
+def make_loader(ds, workers: int):
+    """Loading ``ds`` with ``workers`` persistent workers through torch's DataLoader: whole batches,
+    or items collated by it."""
     from torch.utils.data import DataLoader
 
-    from pipelines.ring import BatchLoader
-
-    if ring:
-        return BatchLoader(ds, num_workers=workers)
     return DataLoader(ds, batch_size=None if ds.batch_size else 64, num_workers=workers,
                       multiprocessing_context="spawn", persistent_workers=True)
 
@@ -272,14 +267,12 @@ def measure_loader(data: Path, tmp: Path, samples: int, shard_size: int, size: i
     gen(data, store, samples, shard_size, 2, size, compressor)
     settle()
     live_data = dict(data=data, samples=min(samples, 4096), seed=0, size=size)
-    modes = {"items, DataLoader batch 64": ({}, False),
-             "batches of 64, DataLoader(batch_size=None)": ({"batch_size": 64}, False),
-             "batches of 64, uint8 images (as_stored), DataLoader": ({"batch_size": 64, "as_stored": True}, False),
-             "batches of 64, BatchLoader": ({"batch_size": 64}, True),
-             "batches of 64, uint8 images (as_stored), BatchLoader": ({"batch_size": 64, "as_stored": True}, True)}
-    for mode, (kw, ring) in modes.items():
-        cached = make_loader(CachedDataset(store, seed=0, **kw), 2, ring)
-        live = make_loader(SynthDataset(**live_data, **kw), 2, ring)
+    modes = {"items, DataLoader batch 64": {},
+             "batches of 64, DataLoader(batch_size=None)": {"batch_size": 64},
+             "batches of 64, uint8 images (as_stored), DataLoader": {"batch_size": 64, "as_stored": True}}
+    for mode, kw in modes.items():
+        cached = make_loader(CachedDataset(store, seed=0, **kw), 2)
+        live = make_loader(SynthDataset(**live_data, **kw), 2)
         epoch_rate(cached), epoch_rate(live)  # start the workers, open the store, warm numba
         pairs = [(epoch_rate(cached), epoch_rate(live)) for _ in range(rounds)]
         ratios = [c / v for c, v in pairs]

@@ -4,7 +4,7 @@
 
 Public API::
 
-    from pipelines import CachedDataset, SynthDataset, BatchLoader
+    from pipelines import CachedDataset, SynthDataset
 
 The command line is ``fmclip`` (``pipelines.cli.main``); see docs/pipelines.md.
 """
@@ -14,7 +14,7 @@ import importlib
 
 # Names are imported on first use (PEP 562): the loaders import torch, which the command
 # line's generate and verify, and every cache worker they start, do without.
-_WHERE = {"CachedDataset": "loader", "SynthDataset": "loader", "BatchLoader": "ring"}
+_WHERE = {"CachedDataset": "loader", "SynthDataset": "loader"}
 __all__ = list(_WHERE)
 
 

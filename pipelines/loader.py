@@ -9,9 +9,8 @@ so that every sample comes exactly once per epoch (ranks get counts that differ 
 one). The order is shard-aware: shards in random order, blocks of samples in random order
 inside a shard, then a shuffle window; reads are one zarr call per run of consecutive samples.
 With ``batch_size=B`` a dataset yields whole batches (what ``default_collate`` would make of B
-items), read a window at a time and converted row by row straight into the batch tensors: use
-it with ``pipelines.ring.BatchLoader(ds)`` (fastest) or ``DataLoader(ds, batch_size=None)``;
-either is about twice as fast as items. ``as_stored=True`` keeps the image as stored (uint8
+items), read a window at a time and converted straight into the batch tensors: use it with
+``DataLoader(ds, batch_size=None)``, about twice as fast as items. ``as_stored=True`` keeps the image as stored (uint8
 0..255 or float16) so that it is converted on the GPU: ``batch["image"].cuda().float().div_(255)``.
 Call ``set_epoch(e)`` each epoch, like ``DistributedSampler``.
 """
@@ -148,7 +147,7 @@ class _Split(IterableDataset):
 
     def next_pass_batches(self) -> Iterator[list[tuple[dict[str, np.ndarray], np.ndarray]]]:
         """The next pass's batches of this worker as ``(read window, its rows)`` lists, not yet
-        gathered: ``_batch`` gathers them into new tensors, ``BatchLoader`` into its ring."""
+        gathered: ``_batch`` gathers them into new tensors."""
         epoch = self._next_epoch()
         return self._batch_parts(self.my_indices(epoch), self._rng(epoch))
 

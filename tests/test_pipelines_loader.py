@@ -1,6 +1,6 @@
 """Loading a cache: every sample exactly once per epoch across DDP ranks and DataLoader workers,
-batches equal to torch's collation, persistent workers following set_epoch, BatchLoader's ring
-equal to the DataLoader, the on-the-fly dataset equal to the cache, and damage or an unfinished
+batches equal to torch's collation, persistent workers following set_epoch, the on-the-fly dataset
+equal to the cache, and damage or an unfinished
 cache refused instead of read."""
 from __future__ import annotations
 
@@ -113,55 +113,6 @@ def _same_batches(got: list[dict], expected: list[dict]) -> None:
                 assert a[key] == value, key
 
 
-@pytest.mark.parametrize("as_stored", [False, True])
-def test_batch_loader_gives_the_dataloaders_batches_and_kept_batches_stay_intact(reference, as_stored):
-    import torch
-    from torch.utils.data import DataLoader
-
-    from pipelines.loader import CachedDataset
-    from pipelines.ring import BatchLoader
-
-    for rank in (0, 1):
-        ds = CachedDataset(reference, seed=3, window=4, block=4, batch_size=1 if as_stored else 5,
-                           as_stored=as_stored, rank=rank, world_size=2)
-        # the reference: the same dataset through torch's DataLoader, new shared memory per batch
-        expected = list(DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="spawn"))
-        # prefetch_factor=1: 3 slots per worker; batch_size=1 gives each worker 6 batches, so slots
-        # are reused while the earlier batches are still held here
-        loader = BatchLoader(ds, num_workers=2, prefetch_factor=1, persistent_workers=False)
-        got = list(loader)
-        _same_batches(got, expected)
-        assert len(loader) == len(got)
-        assert got[0]["image"].dtype == (torch.uint8 if as_stored else torch.float32)
-
-
-def test_batch_loader_recovers_its_slots_after_a_pass_left_early(reference):
-    from pipelines.loader import CachedDataset
-    from pipelines.ring import BatchLoader
-
-    ds = CachedDataset(reference, seed=5, window=4, block=4, batch_size=1)
-    # persistent workers, 3 slots each; a timeout turns a worker stuck waiting for a slot into an error
-    loader = BatchLoader(ds, num_workers=2, prefetch_factor=1, timeout=60)
-    for epoch in range(6):
-        ds.set_epoch(epoch)
-        for k, _ in enumerate(loader):
-            if k == 3:
-                break  # a batch in flight per worker is dropped uncopied: its slot is never released
-    ds.set_epoch(6)
-    seen = [i for batch in loader for i in batch["index"].tolist()]
-    assert sorted(seen) == list(range(24))
-    ds.set_epoch(7)
-    assert sorted(i for batch in loader for i in batch["index"].tolist()) == list(range(24))
-
-    in_process = BatchLoader(ds, num_workers=0)  # reads in this process: the dataset's own batches
-    ds.set_epoch(0)
-    got = list(in_process)
-    ds.set_epoch(0)
-    _same_batches(got, list(ds))
-    with pytest.raises(ValueError, match="batch_size"):
-        BatchLoader(CachedDataset(reference), num_workers=2)
-
-
 def test_on_the_fly_dataset_equals_the_cache(images, reference):
     import torch
 
@@ -175,13 +126,14 @@ def test_on_the_fly_dataset_equals_the_cache(images, reference):
         assert a["task"] == b["task"] and a["source_id"] == b["source_id"]
     assert [item["index"] for item in live] == list(range(24))
 
-    from pipelines import BatchLoader
+    from torch.utils.data import DataLoader
 
-    # the same batches through BatchLoader's ring, on the fly and from the cache
-    live_batches = list(BatchLoader(SynthDataset(images, samples=24, seed=7, size=64, shuffle=False, batch_size=8),
-                                    num_workers=2, persistent_workers=False))
-    _same_batches(live_batches, list(BatchLoader(CachedDataset(reference, shuffle=False, batch_size=8),
-                                                 num_workers=2, persistent_workers=False)))
+    # the same batches through DataLoader workers, on the fly and from the cache
+    def batches(ds):
+        return list(DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="spawn"))
+
+    live_batches = batches(SynthDataset(images, samples=24, seed=7, size=64, shuffle=False, batch_size=8))
+    _same_batches(live_batches, batches(CachedDataset(reference, shuffle=False, batch_size=8)))
     assert [b["index"].tolist() for b in live_batches] == [list(range(0, 8)), list(range(12, 20)),
                                                           list(range(8, 12)), list(range(20, 24))]
 
