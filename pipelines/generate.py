@@ -224,24 +224,15 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
         else:
             results = _local(str(out), jobs, args.workers)
         written: set[int] = set()
-        # A marker's fsync usually takes 0.6 ms but stalls for 10 ms and more while the journal
-        # commits; a thread waits for it while this process makes the next shard. A shard whose
-        # marker a kill cuts off is made again on resume, as if it had not been finished.
-        with bar, cf.ThreadPoolExecutor(1, thread_name_prefix="fmclip-markers") as markers:
-            marking: list[cf.Future] = []
+        with bar:
             for result in results:
                 shard = result["shard"]
                 # Each shard is written by exactly one task of this run.
                 assert shard in jobs and shard not in written, f"shard {shard} written twice"
                 written.add(shard)
-                marking.append(markers.submit(mark_done, out, shard, result["start"], result["stop"],
-                                              result["crc32c"]))
+                # The marker only after the shard's files: a shard whose marker a kill cuts off is made again.
+                mark_done(out, shard, result["start"], result["stop"], result["crc32c"])
                 bar.update(result["stop"] - result["start"])
-                for future in [f for f in marking if f.done()]:
-                    marking.remove(future)
-                    future.result()  # a marker that could not be written stops the run here
-            for future in marking:
-                future.result()
     return {"out": str(out), "samples": args.samples, "shards": total, "written": len(written),
             "skipped": len(done)}
 

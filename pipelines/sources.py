@@ -76,7 +76,7 @@ def _prepared_items(prepared: Path, support: str | None) -> tuple[list[dict[str,
 def source_spec(data: str | Path, size: int = 224, support: str | None = None) -> dict[str, Any]:
     """Resolve ``--data`` into a picklable spec: items (id, image path, foreground path),
     the working size and the dataset's identity. Raises :class:`DataError` naming the path."""
-    root = Path(data)
+    root = Path(data).absolute()  # sources.json must resolve from any working folder (verify, the loader)
     if not root.exists():
         raise DataError(f"{root}: --data not found")
     if not root.is_dir():

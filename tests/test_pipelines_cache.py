@@ -263,3 +263,12 @@ def test_a_cache_worker_does_not_import_torch(reference, tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[] ['CachedDataset', 'SynthDataset']", out.stdout + out.stderr
     assert_same(store, reference)  # the shard rewritten, byte for byte the same
+
+
+def test_verify_from_another_working_folder_finds_the_sources(images, tmp_path, monkeypatch, capsys):
+    # generate with a relative --data: the sources must still be found when verify runs elsewhere
+    monkeypatch.chdir(images.parent)
+    out = tmp_path / "rel.zarr"
+    assert gen(images.relative_to(images.parent), out, "--workers", "1", samples=8) == 0
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["verify", str(out), "--replay", "4", "--no-progress"]) == 0, capsys.readouterr()
