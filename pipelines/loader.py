@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from .cache import n_shards, shard_range
 from .samples import to_unit
 
 FIELDS = ("images", "masks", "labels", "tasks", "source_ids")
@@ -46,8 +47,8 @@ def epoch_order(samples: int, shard_size: int, block: int, seed: int, epoch: int
         return np.arange(samples)
     rng = np.random.default_rng([seed, epoch])
     parts = []
-    for shard in rng.permutation(-(-samples // shard_size)):
-        start, stop = shard * shard_size, min(samples, (shard + 1) * shard_size)
+    for shard in rng.permutation(n_shards(samples, shard_size)):
+        start, stop = shard_range(int(shard), samples, shard_size)
         starts = np.arange(start, stop, block)
         parts += [np.arange(b, min(stop, b + block)) for b in rng.permutation(starts)]
     return np.concatenate(parts)
@@ -281,7 +282,7 @@ class CachedDataset(_Split):
                  as_stored: bool = False, rank: int | None = None, world_size: int | None = None) -> None:
         super().__init__(shuffle=shuffle, seed=seed, window=window, block=block, batch_size=batch_size,
                          drop_last=drop_last, as_stored=as_stored, rank=rank, world_size=world_size)
-        from .cache import CacheError, finished_shards, n_shards, read_settings
+        from .cache import CacheError, finished_shards, read_settings
 
         self.path = str(path)
         settings = read_settings(self.path)
@@ -319,7 +320,7 @@ class CachedDataset(_Split):
         # last few (a worker's part of the epoch walks the shards one after another).
         if shard not in self._meta:
             a = self._open()
-            start, stop = shard * self.shard_size, min(self.samples, (shard + 1) * self.shard_size)
+            start, stop = shard_range(shard, self.samples, self.shard_size)
             if len(self._meta) >= 4:
                 self._meta.pop(next(iter(self._meta)))
             self._meta[shard] = {k: a[k][start:stop] for k in ("labels", "tasks", "source_ids")}
@@ -336,8 +337,9 @@ class CachedDataset(_Split):
                 target[at:at + stop - start] = a[name][start:stop]
             at += stop - start
             for shard in range(start // self.shard_size, (stop - 1) // self.shard_size + 1):
-                lo, hi = max(start, shard * self.shard_size), min(stop, (shard + 1) * self.shard_size)
-                meta, off = self._shard_meta(shard), shard * self.shard_size
+                first, last = shard_range(shard, self.samples, self.shard_size)
+                lo, hi = max(start, first), min(stop, last)
+                meta, off = self._shard_meta(shard), first
                 for k in ("labels", "tasks", "source_ids"):
                     parts[k].append(meta[k][lo - off:hi - off])
         out = {k: v[0] if len(v) == 1 else np.concatenate(v) for k, v in parts.items()}

@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from dataprep.io import atomic_write_bytes
+
 from .train_config import differences, dump
 
 LATEST = "epoch_latest.pt"
@@ -88,7 +90,7 @@ class RunDir:
             raise RunError(f"{run.path}: the run exists; continue it with --resume latest, or choose another --name")
         if write:
             run.checkpoints.mkdir(parents=True, exist_ok=True)
-            _atomic_text(saved, dump(record))
+            atomic_write_bytes(saved, dump(record).encode())
         return run
 
     def _check_same(self, saved: Path, record: dict[str, Any]) -> None:
@@ -121,7 +123,7 @@ class RunDir:
         before its checkpoint redoes that epoch, and must not log it twice."""
         if self.write:
             kept = [row for row in self.metrics() if row["epoch"] <= epochs]
-            _atomic_text(self.path / "metrics.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+            atomic_write_bytes(self.path / "metrics.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept).encode())
 
     # ----------------------------------------------------------- checkpoints
     def save(self, model: Any, epoch: int, extra: dict[str, Any], keep: int, best: bool) -> None:
@@ -153,9 +155,3 @@ class RunDir:
 def load_state(path: Path) -> dict[str, Any]:
     """A training checkpoint, safely (``weights_only=True``)."""
     return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
