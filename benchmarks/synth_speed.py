@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import synth  # noqa: E402
-from synth.masks import perlin_field  # noqa: E402
+from synth.tasks.masks import perlin_field  # noqa: E402
 
 cv2.setNumThreads(1)
 
@@ -247,7 +247,7 @@ def perlin_vs_draem(repeats):
         draem_ms = median_ms(lambda: draem_perlin_mask(shape, rng), repeats)[0]
         cfg = synth.MaskConfig(kinds=(("perlin", 1.0),))
         g = np.random.default_rng(0)
-        from synth.masks import sample_lesions
+        from synth.tasks.masks import sample_lesions
 
         ours_ms = median_ms(lambda: sample_lesions(g, shape, None, cfg, {"perlin": 1.0}, 1), repeats)[0]
         rows[size] = {"draem_numpy_ms": draem_ms, "ours_ms": ours_ms, "speedup": draem_ms / ours_ms}

@@ -1,7 +1,7 @@
 """Training batches from a cache, and the split of its samples into training and validation.
 
 A run is a stream of global batches. Pass p over the training samples follows the loader's shard-aware
-order (``loader.epoch_order`` with epoch p) with the samples shuffled inside windows of whole batches, so
+order (``epochs.epoch_order`` with epoch p) with the samples shuffled inside windows of whole batches, so
 a window's samples are read together. Global batch b is pass ``b // per_pass``'s batch ``b % per_pass``;
 DDP rank r of W takes rows ``[r B/W, (r+1) B/W)`` of it, and DataLoader worker w of n makes the batches
 ``b = start + w, start + w + n, ...``, which the DataLoader hands out round robin in that order. So the
@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .loader import CachedDataset, _batch, epoch_order
+from .epochs import _batch, epoch_order
+from .loader import CachedDataset
 
 READ_WINDOW = 256  # samples read together (four of the cache's 64-sample chunks)
 

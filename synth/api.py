@@ -124,8 +124,7 @@ def _foreground_batch(foreground, batch: int, spatial, layout: str) -> list:
 
 def synthesize(image, *, rng=None, foreground=None, source=None, layout: str | None = None,
                config: SynthesisConfig | None = None, task: str | None = None,
-               source_id: str | None = None, out: np.ndarray | None = None,
-               mask: np.ndarray | None = None) -> Synthesis:
+               source_id: str | None = None) -> Synthesis:
     """Turn a normal image into an anomalous one with an exact mask and a replayable record.
 
     ``image``: float intensities in [0, 1], numpy or torch, laid out as ``layout``
@@ -140,11 +139,6 @@ def synthesize(image, *, rng=None, foreground=None, source=None, layout: str | N
     Returns ``Synthesis(image, mask, record)``: the image in the input's type, dtype and
     device; the mask float32 in {0, 1} with one channel where the image has channels;
     a :class:`SynthesisRecord` (a list of them for a batch).
-
-    ``out`` / ``mask``: numpy arrays to write the image / mask into, and return, instead of
-    new ones (numpy images only): ``out`` float32 of the image's shape, ``mask`` float32 or
-    uint8 of the mask's shape, both C-contiguous. Reusing them saves allocating and touching
-    new memory per call, and a uint8 ``mask`` is already in the form a cache stores.
 
     Example:
         >>> import numpy as np, synth
@@ -173,44 +167,17 @@ def synthesize(image, *, rng=None, foreground=None, source=None, layout: str | N
     else:
         seeds = [_draw_seed(rng)]
     mask_shape = (batch.shape[0], 1) + tuple(spatial)
-    outs = np.empty(batch.shape, np.float32) if out is None else None
-    masks = np.empty(mask_shape, np.float32) if mask is None else None
-    if out is not None or mask is not None:
-        if _is_tensor(image):
-            raise ValueError("out= and mask= take numpy arrays, for numpy images; this image is a tensor")
-        inputs = (array, src if source is not None else None,
-                  foreground if isinstance(foreground, np.ndarray) else None)
-        if out is not None:
-            outs = _given_output(out, "out", array.shape, (np.float32,), layout, inputs)
-        if mask is not None:
-            returned = batch.shape[:1] * ("B" in layout) + (1,) * ("C" in layout) + tuple(spatial)
-            masks = _given_output(mask, "mask", returned, (np.float32, np.uint8), layout, inputs + (out,))
+    outs = np.empty(batch.shape, np.float32)
+    masks = np.empty(mask_shape, np.float32)
     records = []
     for i, seed in enumerate(seeds):
         item = np.ascontiguousarray(batch[i])
         records.append(pool(item, seed, foregrounds[i], sources[i], task, source_id, outs[i], masks[i, 0])[2])
-    out_image = out if out is not None else _like(image, _uncanonical(outs, layout))
-    out_mask = mask if mask is not None else _uncanonical(masks, layout)
+    out_image = _like(image, _uncanonical(outs, layout))
+    out_mask = _uncanonical(masks, layout)
     if _is_tensor(image):
         out_mask = _like_mask(image, out_mask)
     return Synthesis(out_image, out_mask, records if "B" in layout else records[0])
-
-
-def _given_output(array, name: str, expected: tuple, dtypes: tuple, layout: str, inputs: tuple) -> np.ndarray:
-    """The canonical (B, C, *spatial) view of an output array the caller passed, of the shape
-    this call returns, checked: the engine writes into it in place, so it must not share memory
-    with what it reads."""
-    if not isinstance(array, np.ndarray):
-        raise ValueError(f"{name}= must be a numpy array; got {type(array).__name__}")
-    if array.shape != expected:
-        raise ValueError(f"{name}= has shape {array.shape}; this call writes {expected}")
-    if array.dtype not in dtypes:
-        raise ValueError(f"{name}= has dtype {array.dtype}; expected {' or '.join(np.dtype(d).name for d in dtypes)}")
-    if not (array.flags.c_contiguous and array.flags.writeable):
-        raise ValueError(f"{name}= must be a writeable C-contiguous array")
-    if any(other is not None and np.may_share_memory(array, other) for other in inputs):
-        raise ValueError(f"{name}= shares memory with an input or another output; pass a separate array")
-    return _canonical(array, layout)
 
 
 def _uncanonical(array: np.ndarray, layout: str) -> np.ndarray:

@@ -7,9 +7,9 @@ import functools
 import numpy as np
 
 from .config import SynthesisConfig
-from .draws import cumulative, weighted_index
 from .records import ENGINE_VERSION, SynthesisRecord
 from .tasks import TASKS, Context
+from .tasks.draws import cumulative, weighted_index
 
 
 class TaskPool:

@@ -223,53 +223,6 @@ def test_bad_arguments_raise():
         synth.replay(image, guided)
 
 
-@pytest.mark.parametrize("layout,shape", [("HW", (48, 52)), ("BCHW", (3, 2, 40, 44)), ("DHW", (12, 20, 22))])
-def test_outputs_written_into_given_arrays_equal_new_ones(layout, shape):
-    """out= and mask= (float32 or uint8) hold exactly what a plain call returns, whatever they
-    held before, and are the arrays returned."""
-    rng = np.random.default_rng(1)
-    image = rng.uniform(0.1, 0.9, size=shape).astype(np.float32)
-    spatial = shape[-3:] if "D" in layout else shape[-2:]
-    fg = disc_foreground(spatial) if len(spatial) == 2 else None
-    for task in synth.TASKS:
-        for seed in range(3):
-            plain = synth.synthesize(image, rng=seed, layout=layout, task=task, foreground=fg)
-            for mask_dtype in (np.float32, np.uint8):
-                out = np.full(shape, 7.0, np.float32)
-                mask = np.full(plain.mask.shape, 3, mask_dtype)
-                res = synth.synthesize(image, rng=seed, layout=layout, task=task, foreground=fg, out=out, mask=mask)
-                assert res.image is out and res.mask is mask and res.record == plain.record
-                assert np.array_equal(out, plain.image) and np.array_equal(mask, plain.mask), (task, seed)
-    only_mask = np.empty(plain.mask.shape, np.uint8)
-    res = synth.synthesize(image, rng=2, layout=layout, task=task, foreground=fg, mask=only_mask)
-    assert np.array_equal(res.image, plain.image) and res.mask is only_mask
-
-
-def test_bad_output_arrays_raise():
-    image = smooth_image((24, 24))
-    good_mask = np.empty((24, 24), np.uint8)
-    for kwargs, match in [
-            ({"out": np.empty((24, 20), np.float32)}, "shape"),
-            ({"mask": np.empty((1, 24, 24), np.uint8)}, "shape"),
-            ({"out": np.empty((24, 24), np.float64)}, "dtype"),
-            ({"mask": np.empty((24, 24), np.int16)}, "dtype"),
-            ({"out": np.empty((24, 48), np.float32)[:, ::2]}, "C-contiguous"),
-            ({"out": np.empty((24, 24), np.float32).tolist()}, "numpy array"),
-            ({"out": image}, "shares memory"),
-    ]:
-        with pytest.raises(ValueError, match=match):
-            synth.synthesize(image, rng=0, **kwargs)
-    read_only = np.empty((24, 24), np.float32)
-    read_only.flags.writeable = False
-    with pytest.raises(ValueError, match="writeable"):
-        synth.synthesize(image, rng=0, out=read_only)
-    both = np.empty((24, 24), np.float32)
-    with pytest.raises(ValueError, match="shares memory"):
-        synth.synthesize(image, rng=0, out=both, mask=both)
-    with pytest.raises(ValueError, match="tensor"):
-        synth.synthesize(torch.from_numpy(image), rng=0, mask=good_mask)
-
-
 def test_inputs_are_not_modified():
     image = smooth_image((40, 40))
     keep = image.copy()

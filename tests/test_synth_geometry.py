@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from synth.geometry import bounding_box
+from synth.tasks.geometry import bounding_box
 
 
 def numpy_box(mask: np.ndarray):

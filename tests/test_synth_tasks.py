@@ -8,7 +8,7 @@ from synth_helpers import disc_foreground, smooth_image
 
 import synth
 from synth.kernels import gaussian_radius
-from synth.masks import render
+from synth.tasks.masks import render
 
 SHAPES = {"2d": (72, 80), "3d": (28, 36, 40)}
 
@@ -187,7 +187,7 @@ def test_perlin_kernel_matches_a_numpy_reference():
     """Unrotated 2D Perlin noise (two octaves) against a direct numpy evaluation of the
     definition: hashed gradients at lattice points, quintic fade, bilinear blend."""
     from synth.kernels.noise import OCTAVE_SHIFT
-    from synth.masks import perlin_field, perlin_tables
+    from synth.tasks.masks import perlin_field, perlin_tables
 
     shape, lattice, seed = (30, 45), (3, 5), 123
     field = perlin_field(shape, lattice, 0.0, seed, octaves=2, persistence=0.5)

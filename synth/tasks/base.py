@@ -14,8 +14,8 @@ from typing import ClassVar
 import numpy as np
 
 from ..config import SynthesisConfig
-from ..masks import Lesion, render, sample_lesions
 from ..profiles import cuts_to_anatomy
+from .masks import Lesion, render, sample_lesions
 
 # The ground truth marks every pixel whose value changed by more than this: two grey levels of the
 # stored 8-bit image. A blurred mask spreads density changes past the lesion's own mask.

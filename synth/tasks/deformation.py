@@ -7,11 +7,11 @@ import math
 import numpy as np
 
 from .. import kernels
-from ..draws import uniform
-from ..geometry import identity, random_rotation, shape_matrix
-from ..masks import Lesion, random_foreground_point, render
 from ..profiles import organ_profile
 from .base import Context, Task, mark
+from .draws import uniform
+from .geometry import identity, random_rotation, shape_matrix
+from .masks import Lesion, random_foreground_point, render
 
 # Bilinear (trilinear) sampling reads up to sqrt(3) px from the sampling point: keeping
 # |u(p)| <= distance_to_background(p) - 1.75 keeps every value read inside the anatomy.

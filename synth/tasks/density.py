@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..draws import uniform
-from ..geometry import window
 from ..kernels import gaussian_blur, gaussian_radius
 from .base import Context, Task, mark
+from .draws import uniform
+from .geometry import window
 from .textures import render_texture, sample_texture
 
 

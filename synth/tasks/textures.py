@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..draws import cumulative, uniform, weighted_index
 from ..kernels import gaussian_blur
-from ..masks import perlin_field
 from ..profiles import texture_profiles
+from .draws import cumulative, uniform, weighted_index
+from .masks import perlin_field
 
 
 def sample_texture(rng: np.random.Generator, modality: str) -> dict:

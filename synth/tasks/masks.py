@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import kernels
-from .config import MaskConfig
+from .. import kernels
+from ..config import MaskConfig
 from .draws import cumulative, uniform, weighted_index
 from .geometry import as_list, grow, half_extent, identity, inverse, random_rotation, shape_matrix, window
 

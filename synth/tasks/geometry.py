@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from . import kernels
+from .. import kernels
 from .draws import uniform
 
 Window = tuple[slice, ...]
