@@ -27,12 +27,10 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -75,17 +73,12 @@ def crc32c(data: bytes) -> str:
     return f"{google_crc32c.value(data):08x}"
 
 
-# File checksums by the name markers record them under.
-CHECKSUMS = {"crc32c": crc32c, "sha256": lambda data: hashlib.sha256(data).hexdigest()}
-
-
-def file_checksums(path: str | Path, shard: int, algorithm: str = "crc32c") -> dict[str, str | None]:
-    """The checksum of each file of the shard; None where zarr wrote none (an all-fill chunk)."""
-    digest = CHECKSUMS[algorithm]
+def file_checksums(path: str | Path, shard: int) -> dict[str, str | None]:
+    """The CRC-32C of each file of the shard; None where there is no file."""
     sums: dict[str, str | None] = {}
     for key in shard_keys(shard):
         f = Path(path) / key
-        sums[key] = digest(f.read_bytes()) if f.is_file() else None
+        sums[key] = crc32c(f.read_bytes()) if f.is_file() else None
     return sums
 
 
@@ -285,15 +278,6 @@ def _state(path: str) -> dict[str, Any]:
     return _STATE
 
 
-_WRITERS: list[ThreadPoolExecutor] = []  # one per process, made on first need
-
-
-def _writers() -> ThreadPoolExecutor:
-    if not _WRITERS:
-        _WRITERS.append(ThreadPoolExecutor(len(ARRAYS_2D) + len(ARRAYS_1D), thread_name_prefix="fmclip-write"))
-    return _WRITERS[0]
-
-
 def write_shard(path: str, shard: int, seeds: list[int]) -> dict[str, Any]:
     """Make and write one whole shard; returns its range and file checksums (the driver
     commits the marker). Runs in a worker process: local pool or Dask."""
@@ -303,7 +287,6 @@ def write_shard(path: str, shard: int, seeds: list[int]) -> dict[str, Any]:
     # Whole shards only: a partial write racing another writer of the same shard loses data.
     assert len(seeds) == stop - start and start % settings["shard_size"] == 0, (shard, start, stop, len(seeds))
     data = make_samples(state["sources"], state["config"], seeds, settings["dtype"])
-    # The arrays' parts at once: each write waits about 1.6 ms on zarr's event loop whatever its size,
-    # so eight in turn cost a fifth of the writing; zarr's synchronous API may be called from threads.
-    list(_writers().map(lambda item: item[1].__setitem__(slice(start, stop), data[item[0]]), state["arrays"].items()))
+    for name, array in state["arrays"].items():
+        array[start:stop] = data[name]
     return {"shard": shard, "start": start, "stop": stop, "crc32c": file_checksums(path, shard)}

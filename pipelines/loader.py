@@ -22,7 +22,15 @@ from typing import Any
 
 import numpy as np
 
-from .cache import CacheError, finished_shards, n_shards, read_settings, shard_range
+from .cache import (
+    CacheError,
+    file_checksums,
+    finished_shards,
+    n_shards,
+    read_marker,
+    read_settings,
+    shard_range,
+)
 from .epochs import FIELDS, _Split, runs
 
 
@@ -51,15 +59,36 @@ class CachedDataset(_Split):
         if done < total:  # it would report its full length and fail, or read fill values, mid-epoch
             raise CacheError(f"{self.path}: unfinished cache ({done} of {total} shards written); run the same "
                              "fmclip generate command again to finish it")
+        for shard in range(total):  # a missing chunk file would read as zeros: label 0, a black image
+            missing = [key for key, digest in read_marker(self.path, shard)["crc32c"].items()
+                       if digest is not None and not (Path(self.path) / key).is_file()]
+            if missing:
+                raise CacheError(f"{self.path}: damaged cache, shard {shard} lacks {', '.join(missing)}; "
+                                 f"check it with fmclip verify {self.path}")
         self.samples, self.shard_size = settings["samples"], settings["shard_size"]
         self._size, self._dtype = int(settings["size"]), settings["dtype"]
         self._arrays: dict[str, Any] | None = None
         self._meta: dict[int, dict[str, np.ndarray]] = {}
+        self._checked: set[int] = set()
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_arrays"], state["_meta"] = None, {}  # each worker opens its own
+        state["_arrays"], state["_meta"], state["_checked"] = None, {}, set()  # each worker opens its own
         return state
+
+    def _check(self, shard: int) -> None:
+        """The shard's files are those generate wrote (their CRC-32C against its marker), checked once
+        per worker before its first read: zarr checks each chunk, but a chunk moved from another
+        shard or file is intact and would be read as this one."""
+        if shard in self._checked:
+            return
+        expected = read_marker(self.path, shard)["crc32c"]
+        actual = file_checksums(self.path, shard)
+        bad = [key for key, digest in expected.items() if actual.get(key) != digest]
+        if bad:
+            raise CacheError(f"{self.path}: shard {shard} does not hold what fmclip generate wrote "
+                             f"({', '.join(bad)}); check it with fmclip verify {self.path}")
+        self._checked.add(shard)
 
     def _open(self) -> dict[str, Any]:
         if self._arrays is None:
@@ -78,6 +107,7 @@ class CachedDataset(_Split):
         # Labels and names are small: read a whole shard's once (one chunk each) and keep the
         # last few (a worker's part of the epoch walks the shards one after another).
         if shard not in self._meta:
+            self._check(shard)
             a = self._open()
             start, stop = shard_range(shard, self.samples, self.shard_size)
             if len(self._meta) >= 4:
@@ -92,15 +122,15 @@ class CachedDataset(_Split):
         rows = {"images": np.empty((n, *hw), self._dtype), "masks": np.empty((n, *hw), np.uint8)}
         at = 0
         for start, stop in runs(indices, self.shard_size):
-            for name, target in rows.items():
-                target[at:at + stop - start] = a[name][start:stop]
-            at += stop - start
             for shard in range(start // self.shard_size, (stop - 1) // self.shard_size + 1):
                 first, last = shard_range(shard, self.samples, self.shard_size)
                 lo, hi = max(start, first), min(stop, last)
-                meta, off = self._shard_meta(shard), first
+                meta, off = self._shard_meta(shard), first  # checks the shard first
                 for k in ("labels", "tasks", "source_ids"):
                     parts[k].append(meta[k][lo - off:hi - off])
+            for name, target in rows.items():
+                target[at:at + stop - start] = a[name][start:stop]
+            at += stop - start
         out = {k: v[0] if len(v) == 1 else np.concatenate(v) for k, v in parts.items()}
         out.update(rows, index=np.asarray(indices, dtype=np.int64))
         return out

@@ -5,6 +5,7 @@ cache refused instead of read."""
 from __future__ import annotations
 
 import pytest
+import zarr
 from cache_helpers import arrays, gen
 
 
@@ -150,7 +151,9 @@ def test_a_damaged_chunk_is_an_error_when_read_not_another_image(images, tmp_pat
     raw = bytearray(shard_file.read_bytes())
     raw[20] ^= 0x10  # one flipped bit inside the first chunk's data
     shard_file.write_bytes(bytes(raw))
-    with pytest.raises(Exception, match="(?i)checksum"):
+    with pytest.raises(Exception, match="(?i)checksum"):  # zarr's own check of each chunk
+        zarr.open_array(str(out / "images"), mode="r")[0]
+    with pytest.raises(Exception, match="shard 0 does not hold what fmclip generate wrote"):  # the loader's, first
         CachedDataset(out, shuffle=False)[0]
     assert CachedDataset(out, shuffle=False)[8]["image"].shape == first.shape  # the undamaged shard reads
 
@@ -163,4 +166,25 @@ def test_an_unfinished_cache_is_refused_at_open(images, tmp_path):
     assert gen(images, out, "--workers", "1", samples=16) == 0
     (out / "_done" / "000001.json").unlink()  # as if killed before its second shard was finished
     with pytest.raises(CacheError, match="unfinished cache .1 of 2 shards.*fmclip generate"):
+        CachedDataset(out)
+
+
+def test_swapped_or_deleted_shard_files_are_refused_not_read(images, tmp_path):
+    import shutil
+
+    from pipelines import CachedDataset
+    from pipelines.cache import CacheError
+
+    out = tmp_path / "c.zarr"
+    assert gen(images, out, "--workers", "1", samples=16) == 0
+    moved = tmp_path / "moved.zarr"
+    shutil.copytree(out, moved)
+    first, second = moved / "images" / "c" / "0" / "0" / "0", moved / "images" / "c" / "1" / "0" / "0"
+    a, b = first.read_bytes(), second.read_bytes()
+    first.write_bytes(b)
+    second.write_bytes(a)  # both intact, each in the other's place: zarr's chunk checks pass
+    with pytest.raises(CacheError, match="shard 0 does not hold what fmclip generate wrote.*images/c/0/0/0"):
+        CachedDataset(moved, shuffle=False)[0]
+    (out / "labels" / "c" / "1").unlink()  # would read as label 0 for every sample of shard 1
+    with pytest.raises(CacheError, match="damaged cache, shard 1 lacks labels/c/1"):
         CachedDataset(out)
