@@ -15,6 +15,16 @@ import dataprep as dp
 from pipelines import cli
 
 
+def _classes(root: Path, counts: dict[str, int], seed: int) -> Path:
+    """Class folders of random grey 32 x 32 PNGs: ``{"normal": 6, "abnormal": 2}``."""
+    rng = np.random.default_rng(seed)
+    for cls, n in counts.items():
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            cv2.imwrite(str(root / cls / f"{cls[0]}{i}.png"), rng.integers(30, 220, (32, 32), dtype=np.uint8))
+    return root
+
+
 def _folder(root: Path) -> Path:
     rng = np.random.default_rng(0)
     for name in ("normal", "abnormal"):
@@ -187,12 +197,7 @@ def test_a_full_disk_stops_prepare_and_the_rerun_loses_nothing(tmp_path, monkeyp
 
     from dataprep import io as dio
 
-    raw = tmp_path / "raw"
-    rng = np.random.default_rng(11)
-    for cls, n in (("normal", 6), ("abnormal", 2)):
-        (raw / cls).mkdir(parents=True)
-        for i in range(n):
-            cv2.imwrite(str(raw / cls / f"{cls[0]}{i}.png"), rng.integers(30, 220, (32, 32), dtype=np.uint8))
+    raw = _classes(tmp_path / "raw", {"normal": 6, "abnormal": 2}, seed=11)
     real_fdopen, calls = os.fdopen, []
 
     def full_after_ten(fd, *args, **kwargs):
@@ -222,12 +227,7 @@ def test_a_full_disk_stops_prepare_and_the_rerun_loses_nothing(tmp_path, monkeyp
 
 
 def test_a_failed_prepare_does_not_block_the_corrected_rerun(tmp_path, capsys):
-    raw = tmp_path / "raw"
-    rng = np.random.default_rng(2)
-    for cls, n in (("good", 4), ("bad", 2)):
-        (raw / cls).mkdir(parents=True)
-        for i in range(n):
-            cv2.imwrite(str(raw / cls / f"{i}.png"), rng.integers(30, 220, (32, 32), dtype=np.uint8))
+    raw = _classes(tmp_path / "raw", {"good": 4, "bad": 2}, seed=2)
     out = tmp_path / "out"
     assert cli.main(["prepare", "folder", "--root", str(raw), "--out", str(out), "--size", "16"]) == 1
     err = capsys.readouterr().err
