@@ -175,6 +175,8 @@ def prepare_store(path: str | Path, settings: dict[str, Any], spec: dict[str, An
         raise CacheError(f"{path}: made with other settings (differs in: {', '.join(changed)}); "
                          f"use --overwrite to replace it, or another --out")
     if existing == settings:
+        for orphan in [*path.glob(".*.tmp"), *(path / DONE).glob(".*.tmp")]:  # a writer killed mid-write
+            orphan.unlink(missing_ok=True)
         return finished_shards(path)
     if path.exists():
         if is_ours(path) or (path.is_dir() and not any(path.iterdir())):

@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"number of samples N (default {METHOD_EPOCHS} x the number of source images k: "
                              "method.md's whole training run, 200 epochs of the k images, each read once)")
     parser.add_argument("--seed", type=int, required=True, help="seed S of the whole set")
-    parser.add_argument("--size", type=int, default=224, help="working size; folder images are resized to it")
+    parser.add_argument("--size", type=int, default=224, help="working size: a prepared dataset's own (another is refused); folder images are resized to it")
     parser.add_argument("--shard-size", type=int, default=256, help="samples per shard (the unit of work)")
     parser.add_argument("--chunk-size", type=int, default=64,
                         help="samples per chunk, the unit of reading (divides --shard-size; default 64, "

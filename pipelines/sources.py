@@ -73,6 +73,17 @@ def _prepared_items(prepared: Path, support: str | None) -> tuple[list[dict[str,
     return items, ident
 
 
+def _check_prepared_size(prepared: Path, size: int) -> None:
+    """The working size is prepare's: its images are resized once, there, and never again here."""
+    try:
+        prepared_size = int(json.loads((prepared / "card.json").read_text())["size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise DataError(f"{prepared}: no readable card.json; prepare the dataset again with fmclip prepare") from None
+    if prepared_size != size:
+        raise DataError(f"{prepared}: prepared at {prepared_size} px, and --size is {size}; resizing prepared images "
+                        f"again would blur them: use --size {prepared_size}, or prepare again with --size {size}")
+
+
 def source_spec(data: str | Path, size: int = 224, support: str | None = None) -> dict[str, Any]:
     """Resolve ``--data`` into a picklable spec: items (id, image path, foreground path),
     the working size and the dataset's identity. Raises :class:`DataError` naming the path."""
@@ -82,6 +93,7 @@ def source_spec(data: str | Path, size: int = 224, support: str | None = None) -
     if not root.is_dir():
         raise DataError(f"{root}: --data must be a prepared dataset or a folder of images, not a file")
     if (root / "index.jsonl").is_file():
+        _check_prepared_size(root, size)
         try:
             items, ident = _prepared_items(root, support)
         except DataError:
@@ -157,13 +169,17 @@ class SourceSet:
         from dataprep.pixels import resize_keep_aspect
 
         image = _read_unit(item["image"])
-        if image.shape != (self.size, self.size):  # the working-size contract: aspect kept, padded
-            image = resize_keep_aspect(image[None], self.size, "area")[0].clip(0.0, 1.0)
+        if image.shape != (self.size, self.size):
+            if self.spec["kind"] == "prepared":  # prepare owns the working size: never resized twice
+                raise DataError(f"{item['image']}: {image.shape[1]} x {image.shape[0]} px in a set prepared at "
+                                f"{self.size}; prepare the dataset again")
+            image = resize_keep_aspect(image[None], self.size, "area")[0].clip(0.0, 1.0)  # aspect kept, padded
         fg = None
         if item["foreground"]:
             fg = _read_unit(item["foreground"], source=False) > 0.5
             if fg.shape != image.shape:
-                fg = resize_keep_aspect(fg[None].astype(np.float32), self.size, "mask")[0] > 0.5
+                raise DataError(f"{item['foreground']}: the anatomy mask's size differs from its image's; prepare the "
+                                "dataset again")
             if not fg.any():  # synth refuses an empty anatomy; the whole frame is the honest fallback
                 fg = None
         self._cache[index] = (image, fg)

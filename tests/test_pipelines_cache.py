@@ -218,6 +218,12 @@ def test_prepared_dataset_with_support_uses_only_the_support_images(images, tmp_
     assert gen(prepared, tmp_path / "bad.zarr", "--support", str(bad)) == 2
     assert "bad.json" in capsys.readouterr().err
 
+    # prepare owns the working size: a prepared set is never resized a second time
+    assert cli.main(["generate", "--data", str(prepared), "--out", str(tmp_path / "other.zarr"), "--samples", "8",
+                     "--seed", "0", "--size", "32", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "prepared at 64 px, and --size is 32" in err and "--size 64" in err
+
 
 @pytest.mark.parametrize("case", ["missing", "empty", "unreadable", "file"])
 def test_bad_data_is_a_clear_error(case, tmp_path, capsys):
@@ -321,3 +327,13 @@ def test_verify_of_a_cache_without_its_metadata_is_damage_not_a_crash(reference,
     assert cli.main(["verify", str(bad), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "DAMAGED" in err and "zarr.json" in err and "Traceback" not in err
+
+
+def test_a_resumed_run_removes_orphan_temporary_files(images, tmp_path):
+    out = tmp_path / "c.zarr"
+    assert gen(images, out, "--workers", "1", samples=8) == 0
+    orphans = [out / "_done" / ".000000.json.k3j2.tmp", out / ".sources.json.a9x.tmp"]
+    for orphan in orphans:  # what a kill or a full disk leaves mid-write
+        orphan.write_bytes(b"half")
+    assert gen(images, out, "--workers", "1", samples=8) == 0
+    assert not any(o.exists() for o in orphans)
