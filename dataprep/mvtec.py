@@ -6,6 +6,7 @@ known layouts in a folder (so that a downloaded dataset is never read as a plain
 """
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -118,7 +119,9 @@ def detect_layout(folder: str | Path, depth: int = 2) -> tuple[str, Path] | None
                 if all((candidate / m).is_dir() for m in marks):
                     return name, candidate
         level = sorted(p for c in level for p in c.iterdir() if p.is_dir() and not p.name.startswith("."))
-    for path in sorted(Path(folder).rglob("*")):
-        if path.is_dir() and path.name.lower() in _TEST_NAMES:
-            return "unknown", path
+    for parent, folders, _ in os.walk(folder):  # folders only: a folder of images may hold 100,000 files
+        folders.sort()
+        for name in folders:
+            if name.lower() in _TEST_NAMES:
+                return "unknown", Path(parent) / name
     return None

@@ -82,6 +82,12 @@ def file_checksums(path: str | Path, shard: int) -> dict[str, str | None]:
     return sums
 
 
+def changed_files(path: str | Path, shard: int, marker: dict[str, Any]) -> list[str]:
+    """The shard's files whose CRC-32C is not the one its marker recorded (missing files included)."""
+    actual = file_checksums(path, shard)
+    return [key for key in sorted(set(marker["crc32c"]) | set(actual)) if actual.get(key) != marker["crc32c"].get(key)]
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 

@@ -213,36 +213,20 @@ def _mask(stored: np.ndarray) -> torch.Tensor:
 
 
 def _batch(parts: list[tuple[dict[str, np.ndarray], np.ndarray]], as_stored: bool) -> dict[str, Any]:
-    """What ``default_collate`` makes of the items at ``rows`` of each read window, in order:
-    images and masks converted row by row straight into the (shared-memory) batch tensors."""
-    n = sum(len(rows) for _, rows in parts)
-    stored = parts[0][0]["images"]
-    dtype = torch.from_numpy(stored[:0]).dtype if as_stored else torch.float32
-    images = _new_tensor((n, 1, *stored.shape[-2:]), dtype)
-    masks = _new_tensor((n, 1, *stored.shape[-2:]), torch.bool)
-    # Labels and indices share one block: a caller who keeps them keeps only them (images and
-    # masks in that block would keep every kept batch's images alive).
-    labels, index = _new_tensors([((n,), torch.int64), ((n,), torch.int64)])
-    names = gather_rows(parts, images.numpy()[:, 0], masks.numpy()[:, 0], labels.numpy(), index.numpy())
-    return {"image": images, "gt_mask": masks, "gt_label": labels, **names, "index": index}
-
-
-def gather_rows(parts: list[tuple[dict[str, np.ndarray], np.ndarray]], images: np.ndarray, masks: np.ndarray,
-                labels: np.ndarray, index: np.ndarray) -> dict[str, list[str]]:
-    """Write the rows of a batch into these arrays (their first ``n`` rows): images converted
-    to ``images.dtype`` (uint8 to float32 in [0, 1]), masks to bool. Returns the batch's
-    ``task`` and ``source_id`` lists."""
+    """What ``default_collate`` makes of the items at ``rows`` of each read window, in order: the
+    rows gathered, then converted straight into the (shared-memory) batch tensors."""
     def gather(key: str) -> np.ndarray:
         return np.concatenate([d[key][rows] for d, rows in parts])
 
-    stored = gather("images")
-    k = len(stored)
-    _convert(stored, images[:k])
-    np.not_equal(gather("masks"), 0, out=masks[:k])
-
-    labels[:k] = gather("labels")
-    index[:k] = gather("index")
-    return {"task": [str(t) for t in gather("tasks")], "source_id": [str(s) for s in gather("source_ids")]}
+    n = sum(len(rows) for _, rows in parts)
+    # Labels and indices share one block: a caller who keeps them keeps only them (images and
+    # masks in that block would keep every kept batch's images alive).
+    labels, index = _new_tensors([((n,), torch.int64), ((n,), torch.int64)])
+    labels.numpy()[:] = gather("labels")
+    index.numpy()[:] = gather("index")
+    return {"image": _unit(gather("images"), as_stored), "gt_mask": _mask(gather("masks")), "gt_label": labels,
+            "task": [str(t) for t in gather("tasks")], "source_id": [str(s) for s in gather("source_ids")],
+            "index": index}
 
 
 def _item(d: dict[str, np.ndarray], k: int, as_stored: bool) -> dict[str, Any]:

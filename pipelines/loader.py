@@ -24,7 +24,7 @@ import numpy as np
 
 from .cache import (
     CacheError,
-    file_checksums,
+    changed_files,
     finished_shards,
     n_shards,
     read_marker,
@@ -82,9 +82,7 @@ class CachedDataset(_Split):
         shard or file is intact and would be read as this one."""
         if shard in self._checked:
             return
-        expected = read_marker(self.path, shard)["crc32c"]
-        actual = file_checksums(self.path, shard)
-        bad = [key for key, digest in expected.items() if actual.get(key) != digest]
+        bad = changed_files(self.path, shard, read_marker(self.path, shard))
         if bad:
             raise CacheError(f"{self.path}: shard {shard} does not hold what fmclip generate wrote "
                              f"({', '.join(bad)}); check it with fmclip verify {self.path}")

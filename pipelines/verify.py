@@ -23,7 +23,7 @@ import numpy as np
 from .cache import (
     DONE,
     CacheError,
-    file_checksums,
+    changed_files,
     mark_done,
     n_shards,
     read_marker,
@@ -73,10 +73,9 @@ def check_shards(path: Path, settings: dict[str, Any], progress: bool = False) -
         if (marker.get("start"), marker.get("stop")) != (start, stop):
             problems[shard] = f"{where}: marker covers {marker.get('start')}-{marker.get('stop')}, expected {start}-{stop}"
             continue
-        actual = file_checksums(path, shard)
-        bad = [key for key, digest in marker["crc32c"].items() if actual.get(key) != digest]
-        if bad or set(marker["crc32c"]) != set(actual):
-            problems[shard] = f"{where}: damaged, checksum mismatch in " + ", ".join(bad or sorted(actual))
+        bad = changed_files(path, shard, marker)
+        if bad:
+            problems[shard] = f"{where}: damaged, checksum mismatch in " + ", ".join(bad)
     return problems
 
 

@@ -1,12 +1,11 @@
 """The zarr cache: deterministic generation across worker counts and backends, resume after
-SIGKILL, verify naming a damaged shard, clear input errors. Making the samples:
-test_pipelines_samples.py; loading: test_pipelines_loader.py."""
+SIGKILL, clear input errors. Making the samples: test_pipelines_samples.py; loading:
+test_pipelines_loader.py; checking and repairing a store: test_pipelines_verify.py."""
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import zarr
 from cache_helpers import ROOT, arrays, assert_same, gen
 
 from pipelines import cli
-from pipelines.cache import file_checksums, mark_done, shard_keys
+from pipelines.cache import file_checksums, shard_keys
 
 
 def test_store_layout_and_contents(reference):
@@ -131,7 +130,6 @@ def test_a_store_remade_in_the_same_process_is_written_with_its_new_settings(ima
     assert_same(out, fresh)
 
 
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="tunes glibc's allocator only")
 def test_a_local_run_gives_the_calling_process_its_thread_settings_back(images, tmp_path, monkeypatch):
     """The command's own process makes shards single-threaded beside its workers; it may be the
     user's process, so OpenCV's and blosc's thread counts and the thread variables come back."""
@@ -150,36 +148,6 @@ def test_a_local_run_gives_the_calling_process_its_thread_settings_back(images, 
     finally:
         cv2.setNumThreads(opencv)
         numcodecs.blosc.set_nthreads(blosc)
-
-
-def test_verify_passes_then_names_the_corrupted_shard(reference, tmp_path, capsys):
-    from pipelines.cli import main
-
-    assert main(["verify", str(reference), "--replay", "24"]) == 0
-    assert "OK" in capsys.readouterr().out
-    bad = tmp_path / "bad.zarr"
-    subprocess.run(["cp", "-r", str(reference), str(bad)], check=True)
-    shard_file = bad / "images" / "c" / "1" / "0" / "0"
-    raw = bytearray(shard_file.read_bytes())
-    raw[len(raw) // 3] ^= 0xFF  # inside one chunk of shard 1
-    shard_file.write_bytes(bytes(raw))
-    assert main(["verify", str(bad)]) == 1
-    out = capsys.readouterr().out
-    assert "shard 1 " in out and "images/c/1/0/0" in out
-    assert "shard 0" not in out and "shard 2" not in out
-
-
-def test_verify_regenerates_and_catches_a_changed_sample(reference, tmp_path, capsys):
-    bad = tmp_path / "changed.zarr"
-    subprocess.run(["cp", "-r", str(reference), str(bad)], check=True)
-    group = zarr.open_group(str(bad), mode="r+")
-    images = group["images"][16:24]
-    images[3] = 255 - images[3]
-    group["images"][16:24] = images  # a whole-shard write, then a fresh checksum: only replay can tell
-    mark_done(bad, 2, 16, 24, file_checksums(bad, 2))
-    assert cli.main(["verify", str(bad), "--replay", "24"]) == 1
-    out = capsys.readouterr().out
-    assert "sample 19 (shard 2)" in out and "sample 18" not in out
 
 
 def test_prepared_dataset_with_support_uses_only_the_support_images(images, tmp_path, capsys):
@@ -269,64 +237,6 @@ def test_a_cache_worker_does_not_import_torch(reference, tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[] ['CachedDataset', 'SynthDataset']", out.stdout + out.stderr
     assert_same(store, reference)  # the shard rewritten, byte for byte the same
-
-
-def test_verify_from_another_working_folder_finds_the_sources(images, tmp_path, monkeypatch, capsys):
-    # generate with a relative --data: the sources must still be found when verify runs elsewhere
-    monkeypatch.chdir(images.parent)
-    out = tmp_path / "rel.zarr"
-    assert gen(images.relative_to(images.parent), out, "--workers", "1", samples=8) == 0
-    monkeypatch.chdir(tmp_path)
-    assert cli.main(["verify", str(out), "--replay", "4", "--no-progress"]) == 0, capsys.readouterr()
-
-
-@pytest.mark.parametrize("damage", ["garbage marker", "marker range", "marker without checksums", "deleted file",
-                                    "flipped byte", "swapped files"])
-def test_verify_reports_each_kind_of_damage_and_repair_remakes_exactly_those_shards(reference, tmp_path, capsys,
-                                                                                     damage):
-    bad = tmp_path / "bad.zarr"
-    subprocess.run(["cp", "-r", str(reference), str(bad)], check=True)
-    marker = bad / "_done" / "000001.json"
-    if damage == "garbage marker":
-        marker.write_bytes(b"\x00{not json")
-    elif damage == "marker range":
-        marker.write_text(json.dumps({**json.loads(marker.read_text()), "start": 0, "stop": 3}))
-    elif damage == "marker without checksums":
-        marker.write_text(json.dumps({"shard": 1, "start": 8, "stop": 16}))
-    elif damage == "deleted file":
-        (bad / "labels" / "c" / "1").unlink()
-    elif damage == "flipped byte":
-        f = bad / "masks" / "c" / "1" / "0" / "0"
-        raw = bytearray(f.read_bytes())
-        raw[10] ^= 1
-        f.write_bytes(bytes(raw))
-    else:
-        a, b = bad / "images" / "c" / "1" / "0" / "0", bad / "images" / "c" / "2" / "0" / "0"
-        data_a, data_b = a.read_bytes(), b.read_bytes()
-        a.write_bytes(data_b)
-        b.write_bytes(data_a)
-    assert cli.main(["verify", str(bad), "--no-progress"]) == 1
-    captured = capsys.readouterr()
-    assert "shard 1 " in captured.out and "shard 0 " not in captured.out and "Traceback" not in captured.err
-    assert "--repair" in captured.err
-    before = {k: (bad / k).stat().st_mtime_ns for k in shard_keys(0)}
-    assert cli.main(["verify", str(bad), "--repair", "--no-progress"]) == 0
-    out = capsys.readouterr().out
-    assert "remade" in out and "OK" in out
-    assert_same(bad, reference)
-    assert {k: (bad / k).stat().st_mtime_ns for k in shard_keys(0)} == before  # an undamaged shard is left alone
-
-
-def test_verify_of_a_cache_without_its_metadata_is_damage_not_a_crash(reference, tmp_path, capsys):
-    bad = tmp_path / "bad.zarr"
-    subprocess.run(["cp", "-r", str(reference), str(bad)], check=True)
-    (bad / "sources.json").unlink()
-    assert cli.main(["verify", str(bad), "--no-progress"]) == 1
-    assert "sources.json" in capsys.readouterr().out
-    (bad / "zarr.json").unlink()
-    assert cli.main(["verify", str(bad), "--no-progress"]) == 1
-    err = capsys.readouterr().err
-    assert "DAMAGED" in err and "zarr.json" in err and "Traceback" not in err
 
 
 def test_a_resumed_run_removes_orphan_temporary_files(images, tmp_path):
