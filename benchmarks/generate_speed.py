@@ -62,6 +62,7 @@ def brain_dataset(folder: Path, size: int, count: int = 12) -> Path:
         lines.append(json.dumps({"id": f"s{k}", "split": "train", "label": 0, "image": f"images/s{k}.png",
                                  "foreground": f"foreground/s{k}.png", "mask": None, "sha256": str(k)}))
     (folder / "index.jsonl").write_text("\n".join(lines) + "\n")
+    (folder / "card.json").write_text(json.dumps({"size": size}))  # the working size it was made at
     return folder
 
 
