@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .tasks import geometry
+from . import kernels
 from .tasks.geometry import bounding_box
 from .tasks.structural import solve_window
 from .validation import check_intensities, check_mask_like
@@ -18,7 +18,8 @@ def poisson_blend(target, source, mask, *, mixed: bool = False, clip: bool = Tru
     gradient), keeping every pixel outside the mask equal to ``target``. Arrays are
     float images in [0, 1] of one shape, 2D (H, W) or 3D (D, H, W), already aligned;
     ``mask`` is boolean or {0, 1}. Returns a float32 array (clipped to [0, 1] unless
-    ``clip=False``).
+    ``clip=False``). Both images are read, and checked, only in the mask's bounding box grown
+    by one pixel; elsewhere the result is the target as given.
 
     Example:
         >>> import numpy as np, synth
@@ -28,8 +29,10 @@ def poisson_blend(target, source, mask, *, mixed: bool = False, clip: bool = Tru
         >>> bool(np.allclose(out, 0.2, atol=1e-3))
         True
     """
-    target = check_intensities(np.asarray(target), "target")
-    source = check_intensities(np.asarray(source), "source")
+    target, source = np.asarray(target), np.asarray(source)
+    for name, image in (("target", target), ("source", source)):
+        if not np.issubdtype(image.dtype, np.floating) or image.size == 0:
+            check_intensities(image, name)  # raises, naming the problem
     if target.ndim not in (2, 3):
         raise ValueError(f"target must be 2D (H, W) or 3D (D, H, W); got shape {target.shape}")
     if source.shape != target.shape:
@@ -39,9 +42,13 @@ def poisson_blend(target, source, mask, *, mixed: bool = False, clip: bool = Tru
     out = target.astype(np.float32, copy=True)
     if box is None:
         return out
-    window = geometry.window(*geometry.grow(*box, 1, mask.shape))
-    solved = solve_window(out[window], source[window].astype(np.float32), mask[window], mixed)
-    if clip:  # only the window changed; the rest is target, already in [0, 1]
-        np.minimum(np.maximum(solved, 0.0, out=solved), 1.0, out=solved)  # np.clip costs 10 us a call
-    out[window] = solved
+    window = tuple(slice(max(0, a - 1), min(n, b + 1)) for a, b, n in zip(*box, mask.shape))
+    # only the window is read, so only it is checked: numpy's min and max of two 224 x 224
+    # images took a tenth of blending a 1,000-pixel lesion
+    windows = {"target": np.ascontiguousarray(out[window]),
+               "source": np.ascontiguousarray(source[window], dtype=np.float32)}
+    for name, values in windows.items():
+        if kernels.count_outside_unit(values.reshape(-1)):
+            check_intensities(values, f"{name} (inside the mask's window)")  # raises with min and max
+    out[window] = solve_window(windows["target"], windows["source"], mask[window], mixed, clip=clip)
     return out

@@ -41,6 +41,19 @@ def test_mask_on_the_image_border_uses_neumann_edges():
     assert np.abs(out - exact_poisson(target, source, mask)).max() < 1e-3
 
 
+def test_clipping_is_the_clipped_solve_and_pixels_far_from_the_mask_are_not_read():
+    target = smooth_image((50, 50), seed=9)
+    source = np.zeros_like(target)
+    source[15:35, 15:35] = 1.0  # a sharp step inside the mask: the solve overshoots [0, 1]
+    mask = _ellipse((50, 50), (25, 25), (14, 14))
+    raw = synth.poisson_blend(target, source, mask, clip=False)
+    assert raw.min() < 0.0 or raw.max() > 1.0
+    assert np.array_equal(synth.poisson_blend(target, source, mask), np.clip(raw, 0.0, 1.0))
+    far = target.copy()
+    far[0, 0] = 7.0  # outside the mask's window: returned as given, as the docstring says
+    assert synth.poisson_blend(far, source, mask)[0, 0] == 7.0
+
+
 def test_flat_source_reproduces_a_flat_target():
     # hand-computed: zero guidance and constant boundary -> the constant
     target = np.full((30, 30), 0.3, np.float32)
@@ -57,10 +70,17 @@ def test_bad_input_raises():
         synth.poisson_blend(t, t[:10], np.zeros((20, 20), bool))
     with pytest.raises(ValueError, match="does not match"):
         synth.poisson_blend(t, t, np.zeros((10, 20), bool))
-    bad = t.copy()
-    bad[0, 0] = np.nan
-    with pytest.raises(ValueError, match="NaN"):
-        synth.poisson_blend(bad, t, np.zeros((20, 20), bool))
+    mask = np.zeros((20, 20), bool)
+    mask[8:12, 8:12] = True
+    for value, message in ((np.nan, "NaN"), (1.5, "outside")):
+        bad = t.copy()
+        bad[7, 9] = value  # on the mask's boundary: read by the solve
+        with pytest.raises(ValueError, match=f"target .*{message}"):
+            synth.poisson_blend(bad, t, mask)
+        with pytest.raises(ValueError, match=f"source .*{message}"):
+            synth.poisson_blend(t, bad, mask)
+    with pytest.raises(ValueError, match="dtype uint8"):
+        synth.poisson_blend(t, (t * 255).astype(np.uint8), mask)
     with pytest.raises(ValueError, match="0 and 1"):
         synth.poisson_blend(t, t, np.full((20, 20), 0.5))
 
@@ -99,7 +119,7 @@ def test_iterations_do_not_grow_with_the_lesion():
         shape = (2 * radius + 8, 2 * radius + 8)
         mask = _ellipse(shape, (radius + 4, radius + 4), (radius, 0.8 * radius))
         target, source = smooth_image(shape, seed=radius), smooth_image(shape, seed=radius + 1)
-        out, iterations, _ = kernels.poisson_2d(target, source, mask.astype(np.uint8), False, 1e-4, 2000)
+        out, iterations, _ = kernels.poisson_2d(target, source, mask.astype(np.uint8), False, 1e-4, 2000, False)
         assert np.abs(out - exact_poisson(target, source, mask)).max() < 1e-3
         counts.append(iterations)
     assert max(counts) <= 10, counts

@@ -61,3 +61,14 @@ def mask_extent(mask):
     lo[-1] = first
     hi[-1] = last + 1
     return lo, hi
+
+
+@njit(cache=True)
+def count_outside_unit(values):
+    """How many of a 1D float array's values are not in [0, 1] (NaN included): the range check
+    of a small window without numpy's per-call cost (a min and a max of a 40 x 40 window took
+    15 us)."""
+    bad = 0
+    for v in values:
+        bad += not (v >= 0.0 and v <= 1.0)
+    return bad

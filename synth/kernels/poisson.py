@@ -39,12 +39,14 @@ _FAST = {"reassoc", "nsz"}
 
 
 @njit(cache=True, fastmath=_FAST)
-def poisson_2d(target, guide, mask, mixed, tol, max_iter):
+def poisson_2d(target, guide, mask, mixed, tol, max_iter, clip):
     """Solve on a 2D window by multigrid-preconditioned CG; returns (solution window float32,
     iterations, boundary edges).
 
     ``tol`` bounds the largest per-pixel residual (intensity units); the solution
-    equals ``target`` outside the mask."""
+    equals ``target`` outside the mask, and is clipped to [0, 1] inside it if ``clip``.
+    With no boundary edge (the mask is the whole window) the system is singular: no iteration
+    runs and the caller sees 0 boundary edges."""
     h, w = target.shape
     H, W = h + 2, w + 2
     shapes, levels = allocate_levels(h, w)
@@ -97,7 +99,7 @@ def poisson_2d(target, guide, mask, mixed, tol, max_iter):
     it = 0
     rz = np.float32(0.0)
     beta = np.float32(0.0)
-    while worst >= tol and it < max_iter:
+    while worst >= tol and it < max_iter and n_boundary > 0:
         v_cycle(r, z, shapes, levels)
         rz_new = np.float32(0.0)
         for i in range(1, H - 1):
@@ -132,12 +134,12 @@ def poisson_2d(target, guide, mask, mixed, tol, max_iter):
     for i in range(h):
         for j in range(w):
             if mask[i, j]:
-                out[i, j] = x[i + 1, j + 1]
+                out[i, j] = min(max(x[i + 1, j + 1], 0.0), 1.0) if clip else x[i + 1, j + 1]
     return out, it, n_boundary
 
 
 @njit(cache=True, fastmath=_FAST)
-def poisson_3d(target, guide, mask, mixed, tol, max_iter):
+def poisson_3d(target, guide, mask, mixed, tol, max_iter, clip):
     """3D version of :func:`poisson_2d` (6-neighbourhood), preconditioned by the diagonal."""
     d, h, w = target.shape
     D, H, W = d + 2, h + 2, w + 2
@@ -194,7 +196,7 @@ def poisson_3d(target, guide, mask, mixed, tol, max_iter):
                 worst = max(worst, abs(r[a, i, j]))
     it = 0
     beta = np.float32(0.0)
-    while worst >= tol and it < max_iter:
+    while worst >= tol and it < max_iter and n_boundary > 0:
         # Two passes per iteration instead of three: the direction update p = z + beta p
         # runs one plane ahead of q = A p, which needs the planes on both sides updated.
         for i in range(1, H - 1):
@@ -232,5 +234,6 @@ def poisson_3d(target, guide, mask, mixed, tol, max_iter):
         for i in range(h):
             for j in range(w):
                 if mask[a, i, j]:
-                    out[a, i, j] = x[a + 1, i + 1, j + 1]
+                    v = x[a + 1, i + 1, j + 1]
+                    out[a, i, j] = min(max(v, 0.0), 1.0) if clip else v
     return out, it, n_boundary
