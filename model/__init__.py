@@ -7,12 +7,19 @@ Public API::
 
 from .adapters import AlignmentAdapter, BlockAdapter, gap_embedding, head_embedding
 from .backbone import BackboneInfo, create_clip, weights_fingerprint
-from .checkpoint import check_fingerprint, load_checkpoint, load_merged, save_checkpoint, save_merged
+from .checkpoint import (
+    atomic_save,
+    check_fingerprint,
+    load_checkpoint,
+    load_merged,
+    save_checkpoint,
+    save_merged,
+)
 from .config import FusionMedCLIPConfig, default_feature_blocks
 from .fusion import FusionMedCLIP, check_unit_range
 from .lora import VISION_LORA_TARGETS
-from .losses import FusionLoss, LossParts, dice_loss, focal_loss, image_labels
-from .optim import LEARNING_RATES, build_optimizer, param_groups
+from .losses import FusionLoss, LossParts, clip_loss, dice_loss, focal_loss, image_labels
+from .optim import LEARNING_RATES, build_optimizer, layer_decay_groups, param_groups
 from .prompts import PromptLearner, encode_text_embeddings
 from .text_tower import TextTower, text_tower
 from .vision_tower import VisionTower, vision_tower
@@ -30,9 +37,11 @@ __all__ = [
     "TextTower",
     "VISION_LORA_TARGETS",
     "VisionTower",
+    "atomic_save",
     "build_optimizer",
     "check_fingerprint",
     "check_unit_range",
+    "clip_loss",
     "create_clip",
     "default_feature_blocks",
     "dice_loss",
@@ -41,6 +50,7 @@ __all__ = [
     "gap_embedding",
     "head_embedding",
     "image_labels",
+    "layer_decay_groups",
     "load_checkpoint",
     "load_merged",
     "param_groups",

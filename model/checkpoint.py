@@ -15,11 +15,12 @@ FORMAT = "fusionmedclip-trainable-v1"
 MERGED_FORMAT = "fusionmedclip-merged-v1"
 
 
-def _atomic_save(obj: dict, path: str | os.PathLike) -> None:
+def atomic_save(obj: dict, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file, then renamed: a crash mid-write never leaves a truncated file."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
-    os.replace(tmp, path)  # a crash mid-write never leaves a truncated checkpoint behind
+    os.replace(tmp, path)
 
 
 def _read(path: str | os.PathLike, expected: str) -> dict:
@@ -39,7 +40,7 @@ def save_checkpoint(model: FusionMedCLIP, path: str | os.PathLike, extra: dict |
         >>> model = load_checkpoint("run/epoch_3.pt")               # doctest: +SKIP
     """
     state = {n: p.detach().cpu().clone() for n, p in model.trainable_parameters().items()}
-    _atomic_save(
+    atomic_save(
         {
             "format": FORMAT,
             "config": model.config.to_json(),
@@ -91,7 +92,7 @@ def save_merged(model: FusionMedCLIP, path: str | os.PathLike) -> None:
     """Deployable export: LoRA folded into the weights, full state dict, no base weights needed to load."""
     merged = model.merged_copy() if model.config.stage == 3 and not model.merged else model
     state = {k: v.detach().cpu().clone() for k, v in merged.state_dict().items()}
-    _atomic_save(
+    atomic_save(
         {
             "format": MERGED_FORMAT,
             "config": model.config.to_json(),

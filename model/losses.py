@@ -1,4 +1,5 @@
-"""Training losses: focal loss on the image score, binary Dice on the anomaly map."""
+"""Training losses: focal loss on the image score, binary Dice on the anomaly map (stages 2 and 3);
+CLIP's contrastive loss (stage 1)."""
 
 from __future__ import annotations
 
@@ -84,3 +85,23 @@ class FusionLoss(nn.Module):
             focal = focal_loss(outputs["pred_score"], image_labels(mask), self.gamma)
         dice = dice_loss(amap, mask, self.smooth)
         return LossParts(total=self.w_img * focal + self.w_seg * dice, focal=focal, dice=dice)
+
+
+def clip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor | float,
+              label_smoothing: float = 0.0) -> torch.Tensor:
+    """CLIP's symmetric contrastive loss of matched rows (method.md section 3, the dissertation's eq. 2):
+    the mean of the image-to-text and text-to-image cross-entropies of ``logit_scale * image @ text.T``,
+    row i's target being column i. Both inputs are (N, D) and L2-normalised here.
+
+    Example:
+        >>> e = torch.eye(3)
+        >>> round(clip_loss(e, e, 100.0).item(), 6)   # perfectly matched: the loss vanishes
+        0.0
+    """
+    image = nn.functional.normalize(image.float(), dim=-1)
+    text = nn.functional.normalize(text.float(), dim=-1)
+    logits = logit_scale * image @ text.T
+    target = torch.arange(len(image), device=image.device)
+    ce = nn.functional.cross_entropy
+    return 0.5 * (ce(logits, target, label_smoothing=label_smoothing)
+                  + ce(logits.T, target, label_smoothing=label_smoothing))

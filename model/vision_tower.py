@@ -40,6 +40,9 @@ class VisionTower(ABC):
     """
 
     lora_targets: str = ""
+    # Parameter-name prefixes (inside the tower) of what comes before the blocks: patch embedding,
+    # class token, positions, the pre-norm. Layer-wise learning-rate decay gives them the lowest rate.
+    embedding_prefixes: tuple[str, ...] = ()
 
     def __init__(self, module: nn.Module) -> None:
         self.module = module
@@ -99,6 +102,7 @@ class NativeVisionTower(VisionTower):
     """open_clip's own ``VisionTransformer``."""
 
     lora_targets = NATIVE_LORA_TARGETS
+    embedding_prefixes = ("conv1.", "class_embedding", "positional_embedding", "ln_pre.")
 
     @property
     def width(self) -> int:
@@ -138,6 +142,8 @@ class TimmVisionTower(VisionTower):
     """open_clip's ``TimmModel`` around a timm ViT (``trunk``), e.g. BiomedCLIP's ``vit_base_patch16_224``."""
 
     lora_targets = TIMM_LORA_TARGETS
+    embedding_prefixes = ("trunk.patch_embed.", "trunk.cls_token", "trunk.reg_token", "trunk.pos_embed",
+                          "trunk.norm_pre.")
 
     def __init__(self, module: nn.Module) -> None:
         super().__init__(module)

@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fewshot": ("pipelines.fewshot", "draw a seeded k-shot support set of normal training images"),
     "generate": ("pipelines.generate", "pre-generate a synthetic training set into a sharded zarr cache"),
     "verify": ("pipelines.verify", "check a cache: completeness, shard checksums, regenerated samples"),
+    "pretrain": ("pipelines.pretrain", "stage 1: fine-tune the vision tower on medical image-caption pairs (ROCO)"),
     "train": ("pipelines.train", "train the adapted CLIP from a cache: run folder, checkpoints, resume, DDP"),
     "evaluate": ("pipelines.evaluate", "measure a run (or a zero-shot / PatchCore baseline) on a test split"),
     "protocol": ("pipelines.protocol", "the k x seeds table: draw, generate, train, evaluate and baselines per cell"),

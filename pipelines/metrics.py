@@ -200,3 +200,22 @@ def pixel_metrics(anomaly_map: np.ndarray, gt_mask: np.ndarray, aupro_too: bool 
     if aupro_too:
         out["pixel_AUPRO"] = aupro(maps, masks, normal_sorted=ranked[1])
     return out
+
+
+def retrieval_recall(image: np.ndarray, text: np.ndarray, ks: tuple[int, ...] = (1, 5),
+                     chunk: int = 1024) -> dict[str, float]:
+    """Recall@k of matched rows (image i's caption is text i) under open_clip's names:
+    ``image_to_text_R@k`` (the share of images whose caption is among their k most similar texts) and
+    ``text_to_image_R@k``. Similarity is the dot product of the L2-normalised rows; a tie counts in the
+    pair's favour (its rank is the number of strictly more similar candidates)."""
+    image = image / np.linalg.norm(image, axis=1, keepdims=True)
+    text = text / np.linalg.norm(text, axis=1, keepdims=True)
+    out = {}
+    for name, queries, keys in (("image_to_text", image, text), ("text_to_image", text, image)):
+        ranks = np.empty(len(queries), np.int64)
+        for start in range(0, len(queries), chunk):
+            sims = queries[start:start + chunk] @ keys.T
+            own = sims[np.arange(len(sims)), np.arange(start, start + len(sims))]
+            ranks[start:start + len(sims)] = (sims > own[:, None]).sum(axis=1)
+        out.update({f"{name}_R@{k}": float((ranks < k).mean()) for k in ks})
+    return out

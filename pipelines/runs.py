@@ -7,10 +7,10 @@
     runs/NAME/checkpoints/epoch_latest.pt  replaced atomically after every epoch
     runs/NAME/checkpoints/best.pt          the best epoch on validation (never the test set)
 
-Checkpoints are ``model.save_checkpoint`` files (``model.load_checkpoint`` reads their weights) whose
-``extra`` holds what a resume needs: optimiser state, epoch, step, RNG states, the best metric so far.
-Only rank 0 writes. An existing run is refused unless resumed, and a resume whose config differs is refused
-with the differences.
+The job writes each checkpoint (``fmclip train``: ``model.save_checkpoint`` files whose ``extra`` holds what a
+resume needs: optimiser state, epoch, step, RNG states, the best metric so far; ``fmclip pretrain``: open_clip's
+``state_dict`` with the same). Only rank 0 writes. An existing run is refused unless resumed, and a resume whose
+config or data differ is refused with the differences.
 
 Example:
     >>> run = RunDir.start("runs", "brain-k16", config, resume=False)   # doctest: +SKIP
@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,7 @@ def code_version() -> dict[str, Any]:
 
 def default_name(config: dict[str, Any]) -> str:
     arch = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(config["model"]["arch"]))
-    return f"{time.strftime('%Y_%m_%d-%H_%M_%S')}-{arch}-stage{config['model']['stage']}"
+    return f"{time.strftime('%Y_%m_%d-%H_%M_%S')}-{arch}-stage{config['model'].get('stage', 1)}"
 
 
 class RunDir:
@@ -97,10 +98,10 @@ class RunDir:
         import yaml
 
         old = yaml.safe_load(saved.read_text()) or {}
-        keys = ("config", "cache")  # what decides the results; the code version may move on
+        keys = sorted((set(old) | set(record)) - {"code"})  # what decides the results; the code may move on
         changed = differences({k: old.get(k) for k in keys}, {k: record.get(k) for k in keys})
         if changed:
-            raise RunError(f"{self.path}: cannot resume with other settings or another cache; differences: "
+            raise RunError(f"{self.path}: cannot resume with other settings or other data; differences: "
                            + "; ".join(changed))
 
     # ------------------------------------------------------------------ logs
@@ -108,6 +109,11 @@ class RunDir:
         if self.write:
             with open(self.path / "out.log", "a") as fh:
                 fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+
+    def write_text(self, name: str, text: str) -> None:
+        """A file of the run, written atomically (by rank 0 only)."""
+        if self.write:
+            atomic_write_bytes(self.path / name, text.encode())
 
     def append_metrics(self, row: dict[str, Any]) -> None:
         if self.write:
@@ -126,15 +132,14 @@ class RunDir:
             atomic_write_bytes(self.path / "metrics.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept).encode())
 
     # ----------------------------------------------------------- checkpoints
-    def save(self, model: Any, epoch: int, extra: dict[str, Any], keep: int, best: bool) -> None:
-        """epoch_N.pt, then epoch_latest.pt (and best.pt) from it; older epoch files beyond ``keep`` go."""
+    def save(self, write: Callable[[Path], None], epoch: int, keep: int, best: bool) -> None:
+        """epoch_N.pt (``write(path)`` writes it, atomically), then epoch_latest.pt (and best.pt) from it;
+        older epoch files beyond ``keep`` go."""
         if not self.write:
             return
-        from model import save_checkpoint
-
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         target = self.checkpoints / f"epoch_{epoch}.pt"
-        save_checkpoint(model, target, extra=extra)  # written to a temporary file, then renamed
+        write(target)
         for link in [LATEST] + ([BEST] if best else []):
             tmp = self.checkpoints / f".{link}.tmp"
             tmp.unlink(missing_ok=True)

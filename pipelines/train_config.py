@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,6 @@ DATA_DEFAULTS: dict[str, Any] = {
     "val_cache": None,
     "workers": None,  # null: none on CPU (reading is a fraction of a percent of a step), 2 on CUDA
 }
-SECTIONS = ("model", "train", "data")
 SCHEDULES = ("constant", "warmup_cosine")
 PRECISIONS = ("auto", "amp_bf16", "fp32")
 SELECT_METRICS = ("image_AUROC", "pixel_AUROC")
@@ -115,22 +115,27 @@ def _merge(target: dict[str, Any], changes: dict[str, Any], where: str, defaults
             target[key] = _coerce(name, value, defaults[key])
 
 
-def _override(config: dict[str, Any], text: str) -> None:
+def _override(config: dict[str, Any], text: str, defaults: dict[str, Any]) -> None:
     key, sep, raw = text.partition("=")
     if not sep or not key:
         raise ConfigError(f"override {text!r} must read section.key=value")
     path = key.strip().split(".")
-    if path[0] not in SECTIONS or len(path) < 2:
-        raise ConfigError(f"override {text!r}: the key must start with one of {', '.join(SECTIONS)}")
+    if path[0] not in defaults or len(path) < 2:
+        raise ConfigError(f"override {text!r}: the key must start with one of {', '.join(defaults)}")
     value: Any = yaml.safe_load(raw) if raw.strip() else None
     for part in reversed(path[2:]):
         value = {part: value}
-    _merge(config[path[0]], {path[1]: value}, path[0], default_config()[path[0]])
+    _merge(config[path[0]], {path[1]: value}, path[0], defaults[path[0]])
 
 
-def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    """Defaults, then the YAML file's sections, then the overrides; checked as a whole."""
-    config = default_config()
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), *,
+                defaults: Callable[[], dict[str, Any]] | None = None,
+                checked: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Defaults, then the YAML file's sections, then the overrides; checked as a whole. ``defaults`` and
+    ``checked`` are another job's (``fmclip pretrain``); by default those of ``fmclip train``."""
+    defaults, checked = defaults or default_config, checked or check
+    reference = defaults()
+    config = defaults()
     if path is not None:
         try:
             loaded = yaml.safe_load(Path(path).read_text()) or {}
@@ -139,14 +144,14 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML ({exc})") from None
         if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the config must be a mapping with sections {', '.join(SECTIONS)}")
+            raise ConfigError(f"{path}: the config must be a mapping with sections {', '.join(reference)}")
         for section, values in loaded.items():
-            if section not in SECTIONS:
-                raise ConfigError(f"{path}: unknown section {section!r}; sections: {', '.join(SECTIONS)}")
-            _merge(config[section], values or {}, section, default_config()[section])
+            if section not in reference:
+                raise ConfigError(f"{path}: unknown section {section!r}; sections: {', '.join(reference)}")
+            _merge(config[section], values or {}, section, reference[section])
     for text in overrides:
-        _override(config, text)
-    check(config)
+        _override(config, text, reference)
+    checked(config)
     return config
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from model import FusionLoss, FusionMedCLIP, load_checkpoint, param_groups
+from model import FusionLoss, FusionMedCLIP, load_checkpoint, param_groups, save_checkpoint
 
 from .batches import TrainBatches, read_samples, split_samples, tasks_of
 from .cache import DONE, CacheError, n_shards, read_settings
@@ -280,7 +280,7 @@ def _train(config: dict[str, Any], out: str | Path, name: str | None, resume: bo
             extra = {"epoch": epoch + 1, "step": step, "optimizer": optimizer.state_dict(),
                      "scheduler": {"schedule": t["schedule"], "step": step}, "scaler": {}, "rng": rng,
                      "best": best, "val": row.get("val")}
-            run.save(model, epoch + 1, extra, t["keep"], best=improved)
+            run.save(lambda path, extra=extra: save_checkpoint(model, path, extra=extra), epoch + 1, t["keep"], best=improved)
             line = (f"epoch {epoch + 1}/{t['epochs']} step {step} samples {step * batch} loss {loss:.4f} "
                     f"(focal {focal:.4f} dice {dice:.4f}) {row['samples_per_s']:.1f} samples/s "
                     f"data wait {100 * row['data_wait']:.1f} %")
