@@ -10,7 +10,7 @@ Example:
     >>> data = PairImages(["a.png", "b.png"], size=224, mean=(0.48, 0.46, 0.41), std=(0.27, 0.26, 0.28),
     ...                   augment={"crop_scale": [0.5, 1.0], "hflip": True, "color_jitter": 0.2,
     ...                            "rotation_deg": 10.0}, seed=0)   # doctest: +SKIP
-    >>> data.set_epoch(3); image, index = data[1]                   # doctest: +SKIP
+    >>> image, index = data[(3, 1)]   # epoch 3's augmentation of image 1  # doctest: +SKIP
     >>> image.shape, index                                          # doctest: +SKIP
     (torch.Size([3, 224, 224]), 1)
 """
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 
 def build_transform(size: int, mean, std, augment: dict[str, Any] | None):
@@ -53,25 +53,45 @@ def read_grey(path: str) -> torch.Tensor:
 
 
 class PairImages(Dataset):
-    """The images of a list of files, transformed; items are ``(image, index)``."""
+    """The images of a list of files, transformed. An item is asked for by index, or by ``(epoch, index)``
+    (:class:`EpochBatches`), and is ``(image, index)``."""
 
     def __init__(self, images: list[str], *, size: int, mean, std, augment: dict[str, Any] | None,
                  seed: int) -> None:
-        self.images, self.seed, self.epoch = list(images), int(seed), 0
+        self.images, self.seed = list(images), int(seed)
         self.transform = build_transform(size, mean, std, augment)
         self.random = augment is not None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        image = read_grey(self.images[index])
+        if not self.random:
+            return self.transform(image), index
+        item_seed = int(np.random.SeedSequence([self.seed, epoch, index]).generate_state(1)[0])
+        with torch.random.fork_rng(devices=[]):  # the transforms draw from torch's global generator
+            torch.manual_seed(item_seed)
+            return self.transform(image), index
+
+
+class EpochBatches(Sampler):
+    """This rank's rows of each global batch of a seeded permutation per epoch, as ``(epoch, index)`` keys:
+    the epoch travels with each index, so loader workers can live across epochs. An incomplete last batch is
+    dropped (a contrastive batch of one pair teaches nothing) unless it is the only one."""
+
+    def __init__(self, n: int, batch: int, seed: int, rank: int = 0, world: int = 1) -> None:
+        self.n, self.batch, self.seed, self.rank, self.world, self.epoch = n, batch, seed, rank, world, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return len(self.images)
+        return max(1, self.n // self.batch)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = read_grey(self.images[index])
-        if not self.random:
-            return self.transform(image), index
-        item_seed = int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
-        with torch.random.fork_rng(devices=[]):  # the transforms draw from torch's global generator
-            torch.manual_seed(item_seed)
-            return self.transform(image), index
+    def __iter__(self):
+        order = np.random.default_rng([self.seed, self.epoch, 0xB47]).permutation(self.n)
+        full = [order[i:i + self.batch] for i in range(0, self.n - self.batch + 1, self.batch)] or [order]
+        for rows in full:
+            yield [(self.epoch, int(i)) for i in rows[self.rank::self.world]]

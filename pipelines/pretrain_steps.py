@@ -76,16 +76,13 @@ def gather_rows(x: torch.Tensor, rt: Runtime) -> torch.Tensor:
     return torch.cat(all_gather(x.contiguous()))
 
 
-def validate(clip: torch.nn.Module, images, text: torch.Tensor, scale: torch.Tensor, batch: int, rt: Runtime,
-             workers: int) -> dict[str, float]:
+def validate(clip: torch.nn.Module, loader, text: torch.Tensor, scale: torch.Tensor, batch: int,
+             rt: Runtime) -> dict[str, float]:
     """The validation pairs' contrastive loss (no mixup, no label smoothing, batches of ``batch`` in listing
-    order, averaged over pairs) and image-to-text / text-to-image recall@1 and @5 over all of them."""
-    from torch.utils.data import DataLoader
-
+    order, averaged over pairs) and image-to-text / text-to-image recall@1 and @5 over all of them;
+    ``loader`` gives their images in listing order."""
     clip.eval()
     parts = []
-    loader = DataLoader(images, batch_size=batch, num_workers=workers,
-                        multiprocessing_context="spawn" if workers else None)
     with torch.no_grad(), rt.autocast():
         for pixels, _ in loader:
             parts.append(clip.encode_image(pixels.to(rt.device)).float().cpu())

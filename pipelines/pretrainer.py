@@ -24,13 +24,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import open_clip
 import torch
 
 from model import FusionMedCLIPConfig, atomic_save, clip_loss, create_clip, layer_decay_groups
 
-from .pair_data import PairImages
+from .pair_data import EpochBatches, PairImages
 from .pairs import Pair, listing_identity, read_pairs, split_pairs
 from .pretrain_steps import encode_captions, export_config, gather_rows, mixup, validate
 from .runs import RunDir, code_version, load_state
@@ -68,14 +67,6 @@ def _pairs(config: dict[str, Any], run: RunDir, rt: Runtime, progress: bool) -> 
     rt.barrier()
     listed = json.loads(saved.read_text())
     return ([Pair(*p) for p in listed["train"]], [Pair(*p) for p in listed["val"]])
-
-
-def _batches(n: int, batch: int, seed: int, epoch: int, rank: int, world: int) -> list[list[int]]:
-    """This rank's rows of each global batch of a seeded permutation; an incomplete last batch is dropped
-    (a contrastive batch of one pair teaches nothing) unless it is the only one."""
-    order = np.random.default_rng([seed, epoch, 0xB47]).permutation(n)
-    full = [order[i:i + batch] for i in range(0, n - batch + 1, batch)] or [order]
-    return [b[rank::world].tolist() for b in full]
 
 
 def pretrain(config: dict[str, Any], *, out: str | Path = "runs", name: str | None = None, resume: bool = False,
@@ -127,7 +118,8 @@ def _pretrain(config: dict[str, Any], out: str | Path, name: str | None, resume:
                 if t["lr"] > 0 else 0.0}
     dropout = torch.nn.Dropout(t["dropout"])
     batch = t["batch_size"]
-    per_epoch = len(_batches(len(train_pairs), batch, t["seed"], 0, 0, 1))
+    sampler = EpochBatches(len(train_pairs), batch, t["seed"], rt.rank, rt.world)
+    per_epoch = len(sampler)
     total = t["epochs"] * per_epoch
     stopping = {"best_loss": None, "best_epoch": None, "bad_epochs": 0, "stopped": False}
     start_epoch, step = 0, 0
@@ -154,6 +146,11 @@ def _pretrain(config: dict[str, Any], out: str | Path, name: str | None, resume:
     val_images = PairImages([p.image for p in val_pairs], size=mcfg.image_size, mean=mean, std=std, augment=None,
                             seed=t["seed"])
     workers = 2 if data["workers"] is None else int(data["workers"])
+    # workers live across epochs (the epoch travels with each index): spawning them costs seconds
+    loader = DataLoader(images, batch_sampler=sampler, num_workers=workers, pin_memory=rt.device.type == "cuda",
+                        multiprocessing_context="spawn" if workers else None, persistent_workers=workers > 0)
+    val_loader = DataLoader(val_images, batch_size=batch, num_workers=min(workers, 1),
+                            multiprocessing_context="spawn" if workers else None, persistent_workers=workers > 0)
     run.log(f"stage 1: {len(train_pairs)} training pairs, {len(val_pairs)} validation pairs; up to {t['epochs']} "
             f"epochs x {per_epoch} steps of {batch}; {rt.device}, {rt.precision}, {rt.threads} threads, "
             f"{rt.world} rank(s), {workers} loader workers")
@@ -163,10 +160,7 @@ def _pretrain(config: dict[str, Any], out: str | Path, name: str | None, resume:
     for epoch in range(start_epoch, t["epochs"]):
         if stopping["stopped"]:
             break
-        images.set_epoch(epoch)
-        loader = DataLoader(images, batch_sampler=_batches(len(train_pairs), batch, t["seed"], epoch, rt.rank, rt.world),
-                            num_workers=workers, pin_memory=rt.device.type == "cuda",
-                            multiprocessing_context="spawn" if workers else None)
+        sampler.set_epoch(epoch)
         started, waited, loss_sum = time.perf_counter(), 0.0, 0.0
         ask = time.perf_counter()
         for pixels, index in loader:
@@ -193,7 +187,7 @@ def _pretrain(config: dict[str, Any], out: str | Path, name: str | None, resume:
                                "seconds": seconds, "data_wait": waited / seconds}
         improved = False
         if rt.main:
-            row["val"] = validate(clip, val_images, val_text, scale, batch, rt, workers)
+            row["val"] = validate(clip, val_loader, val_text, scale, batch, rt)
             value = row["val"]["loss"]
             improved = stopping["best_loss"] is None or value < stopping["best_loss"] - t["min_delta"]
             if improved:

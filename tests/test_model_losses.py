@@ -78,3 +78,23 @@ def test_fusion_loss_refuses_mismatched_mask():
     out = {"anomaly_map": torch.zeros(1, 1, 4, 4), "pred_score": torch.zeros(1)}
     with pytest.raises(ValueError, match="does not match"):
         FusionLoss()(out, torch.zeros(1, 1, 8, 8))
+
+
+def test_clip_loss_is_the_dissertations_equation_2():
+    from model import clip_loss
+
+    g = torch.Generator().manual_seed(0)
+    image, text = torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g)
+    vi = image / image.norm(dim=1, keepdim=True)
+    vt = text / text.norm(dim=1, keepdim=True)
+    sim = (vi @ vt.T).double() / 0.07
+    # -1/(2N) sum_i [log softmax_j(sim_ij) at j=i + log softmax_j(sim_ji) at j=i], written out by hand
+    hand = 0.0
+    for i in range(6):
+        hand += sim[i, i] - torch.logsumexp(sim[i], 0) + sim[i, i] - torch.logsumexp(sim[:, i], 0)
+    assert clip_loss(image, text, 1 / 0.07).item() == pytest.approx(-hand.item() / 12, rel=1e-5)
+    # label smoothing eps: the target puts 1 - eps + eps/N on the pair and eps/N on every other column
+    eps = 0.1
+    q = torch.full((6, 6), eps / 6, dtype=torch.float64) + (1 - eps) * torch.eye(6, dtype=torch.float64)
+    smooth = -0.5 * ((q * sim.log_softmax(1)).sum() + (q * sim.T.log_softmax(1)).sum()) / 6
+    assert clip_loss(image, text, 1 / 0.07, label_smoothing=eps).item() == pytest.approx(smooth.item(), rel=1e-5)

@@ -121,3 +121,21 @@ def test_pixel_metrics_against_scikit_learn():
     assert abs(m["pixel_AUPRO"] - aupro_reference(maps, masks)) < 1e-4
     p, r, _ = precision_recall_curve(masks.ravel(), maps.ravel())
     assert abs(m["pixel_F1Max"] - np.max(2 * p * r / np.maximum(p + r, 1e-300))) < 1e-9
+
+
+def test_retrieval_recall_matches_open_clips_argsort_ranking():
+    from pipelines.metrics import retrieval_recall
+
+    rng = np.random.default_rng(4)
+    image, text = rng.normal(size=(300, 16)), rng.normal(size=(300, 16))
+    text[:150] = image[:150] + 0.8 * rng.normal(size=(150, 16))  # half the pairs are close
+    got = retrieval_recall(image, text, ks=(1, 5, 10), chunk=64)
+    # open_clip's zero-shot retrieval: rank = position of the ground truth in the descending argsort
+    vi = image / np.linalg.norm(image, axis=1, keepdims=True)
+    vt = text / np.linalg.norm(text, axis=1, keepdims=True)
+    for name, logits in (("image_to_text", vi @ vt.T), ("text_to_image", vt @ vi.T)):
+        ranking = np.argsort(-logits, axis=1)
+        rank = np.nonzero(ranking == np.arange(300)[:, None])[1]
+        for k in (1, 5, 10):
+            assert got[f"{name}_R@{k}"] == pytest.approx(float((rank < k).mean()))
+    assert 0.4 < got["image_to_text_R@1"] < 0.6  # the close half, and chance for the rest
