@@ -78,7 +78,7 @@ def poisson_2d(target, guide, mask, mixed, tol, max_iter, clip):
                     n_boundary += 1
             inside[i + 1, j + 1] = 1.0
             diag[i + 1, j + 1] = n
-            inv_diag[i + 1, j + 1] = 1.0 / n
+            inv_diag[i + 1, j + 1] = 1.0 / n if n > 0 else 0.0  # a 1-pixel image: no neighbour
             rhs[i + 1, j + 1] = b
     coarsen(shapes, levels)
     shift = offset_sum / n_boundary if n_boundary > 0 else 0.0
@@ -173,7 +173,7 @@ def poisson_3d(target, guide, mask, mixed, tol, max_iter, clip):
                         n_boundary += 1
                 inside[a + 1, i + 1, j + 1] = 1.0
                 diag[a + 1, i + 1, j + 1] = n
-                inv_diag[a + 1, i + 1, j + 1] = 1.0 / n
+                inv_diag[a + 1, i + 1, j + 1] = 1.0 / n if n > 0 else 0.0
                 rhs[a + 1, i + 1, j + 1] = b
     shift = offset_sum / n_boundary if n_boundary > 0 else 0.0
     for a in range(d):
