@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model import FusionMedCLIPConfig, clip_loss
+from model import FusionMedCLIPConfig, atomic_save, clip_loss
 from model.text_tower import load_tokenizer
 
 from .metrics import retrieval_recall
@@ -43,8 +43,6 @@ def encode_captions(clip: torch.nn.Module, mcfg: FusionMedCLIPConfig, captions: 
             parts.append(F.normalize(clip.encode_text(tokens).float(), dim=-1).cpu())
     features = torch.cat(parts)
     if rt.main:
-        from model import atomic_save
-
         atomic_save({"captions_sha256": digest, "features": features}, saved)
     return features
 

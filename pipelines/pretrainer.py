@@ -203,10 +203,9 @@ def _pretrain(config: dict[str, Any], out: str | Path, name: str | None, resume:
                     "state_dict": clip.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng,
                     "early_stopping": stopping}
             if improved:
-                best = run.path / "best"
-                best.mkdir(exist_ok=True)
-                (best / "open_clip_config.json").write_text(json.dumps(export_config(clip, mcfg), indent=2))
-                atomic_save(clip.state_dict(), best / WEIGHTS)
+                (run.path / "best").mkdir(exist_ok=True)
+                run.write_text("best/open_clip_config.json", json.dumps(export_config(clip, mcfg), indent=2))
+                atomic_save(clip.state_dict(), run.path / "best" / WEIGHTS)
             run.save(lambda path, blob=blob: atomic_save(blob, path), epoch + 1, t["keep"], best=False)
             v = row["val"]
             line = (f"epoch {epoch + 1}/{t['epochs']} step {step} loss {row['loss']:.4f} val loss {v['loss']:.4f} "

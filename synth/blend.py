@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import kernels
+from .tasks import geometry
 from .tasks.geometry import bounding_box
 from .tasks.structural import solve_window
 from .validation import check_intensities, check_mask_like
@@ -30,25 +30,19 @@ def poisson_blend(target, source, mask, *, mixed: bool = False, clip: bool = Tru
         True
     """
     target, source = np.asarray(target), np.asarray(source)
-    for name, image in (("target", target), ("source", source)):
-        if not np.issubdtype(image.dtype, np.floating) or image.size == 0:
-            check_intensities(image, name)  # raises, naming the problem
     if target.ndim not in (2, 3):
         raise ValueError(f"target must be 2D (H, W) or 3D (D, H, W); got shape {target.shape}")
     if source.shape != target.shape:
         raise ValueError(f"source shape {source.shape} does not match target shape {target.shape}")
     mask = check_mask_like(np.asarray(mask), target.shape, "mask")
     box = bounding_box(mask)
-    out = target.astype(np.float32, copy=True)
     if box is None:
-        return out
-    window = tuple(slice(max(0, a - 1), min(n, b + 1)) for a, b, n in zip(*box, mask.shape))
-    # only the window is read, so only it is checked: numpy's min and max of two 224 x 224
-    # images took a tenth of blending a 1,000-pixel lesion
-    windows = {"target": np.ascontiguousarray(out[window]),
-               "source": np.ascontiguousarray(source[window], dtype=np.float32)}
-    for name, values in windows.items():
-        if kernels.count_outside_unit(values.reshape(-1)):
-            check_intensities(values, f"{name} (inside the mask's window)")  # raises with min and max
-    out[window] = solve_window(windows["target"], windows["source"], mask[window], mixed, clip=clip)
+        return check_intensities(target, "target").astype(np.float32)
+    window = geometry.window(*geometry.grow(*box, 1, mask.shape))
+    # only the window is read, so only it is checked: checking both whole images cost a tenth of
+    # blending a 1,000-pixel lesion
+    local = {name: check_intensities(np.ascontiguousarray(image[window]), f"{name} (inside the mask's window)")
+             for name, image in (("target", target), ("source", source))}
+    out = target.astype(np.float32, copy=True)
+    out[window] = solve_window(local["target"], local["source"], mask[window], mixed, clip=clip)
     return out

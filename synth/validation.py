@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import kernels
+
 
 def check_intensities(array: np.ndarray, name: str = "image") -> np.ndarray:
     """Require a floating array, finite, with values in [0, 1]."""
@@ -13,6 +15,11 @@ def check_intensities(array: np.ndarray, name: str = "image") -> np.ndarray:
             "(scale integer images first, e.g. uint8 / 255)")
     if array.size == 0:
         raise ValueError(f"{name} is empty (shape {array.shape})")
+    if array.dtype in (np.float32, np.float64):
+        # one vectorised pass without numpy's per-call costs (a min and a max of a 40 x 40 window took
+        # 15 us); min and max are taken only to word the error
+        if not kernels.count_outside_unit(np.ravel(array)):
+            return array
     lo = array.min()
     hi = array.max()
     if not (np.isfinite(lo) and np.isfinite(hi)):

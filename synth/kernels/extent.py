@@ -65,10 +65,13 @@ def mask_extent(mask):
 
 @njit(cache=True)
 def count_outside_unit(values):
-    """How many of a 1D float array's values are not in [0, 1] (NaN included): the range check
-    of a small window without numpy's per-call cost (a min and a max of a 40 x 40 window took
-    15 us)."""
-    bad = 0
-    for v in values:
-        bad += not (v >= 0.0 and v <= 1.0)
+    """How many of a 1D float array's values are not in [0, 1] (NaN included): the engine's range
+    check of its inputs (``validation.check_intensities``). Written branch-free, so it vectorises:
+    about 0.7 of numpy's min and max on a 224 x 224 image, and free of their per-call cost on small
+    windows."""
+    lo, hi = np.float32(0.0), np.float32(1.0)
+    bad = np.int64(0)
+    for i in range(values.size):
+        v = values[i]
+        bad += np.int64(1) - np.int64((v >= lo) & (v <= hi))  # a NaN fails both comparisons
     return bad

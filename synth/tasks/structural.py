@@ -31,7 +31,7 @@ def solve_window(target: np.ndarray, guide: np.ndarray, mask: np.ndarray, mixed:
     solve = kernels.poisson_2d if target.ndim == 2 else kernels.poisson_3d
     out, _, n_boundary = solve(np.ascontiguousarray(target, dtype=np.float32),
                                np.ascontiguousarray(guide, dtype=np.float32),
-                               np.ascontiguousarray(mask).view(np.uint8), mixed, tol, POISSON_MAX_ITER, clip)
+                               np.ascontiguousarray(mask, dtype=np.uint8), mixed, tol, POISSON_MAX_ITER, clip)
     # no boundary edge: the window (which reaches past the mask wherever the image allows) is all mask
     if n_boundary == 0 and mask.any():
         raise ValueError("the mask covers the whole image: Poisson blending needs boundary pixels outside it")
