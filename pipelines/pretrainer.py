@@ -33,7 +33,7 @@ from .pair_data import EpochBatches, PairImages
 from .pairs import Pair, listing_identity, read_pairs, split_pairs
 from .pretrain_steps import encode_captions, export_config, gather_rows, mixup, validate
 from .runs import RunDir, code_version, load_state
-from .runtime import Runtime
+from .runtime import Runtime, callers_threads
 from .trainer import lr_factor
 
 FORMAT = "fmclip-pretrain-v1"
@@ -72,11 +72,8 @@ def _pairs(config: dict[str, Any], run: RunDir, rt: Runtime, progress: bool) -> 
 def pretrain(config: dict[str, Any], *, out: str | Path = "runs", name: str | None = None, resume: bool = False,
              progress: bool = True) -> Path:
     """Run stage 1 as ``config`` says (``pipelines.pretrain_config``); returns the run folder."""
-    threads = torch.get_num_threads()
-    try:
+    with callers_threads():
         return _pretrain(config, out, name, resume, progress)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _pretrain(config: dict[str, Any], out: str | Path, name: str | None, resume: bool, progress: bool) -> Path:

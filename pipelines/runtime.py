@@ -8,6 +8,8 @@ Example:
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -59,3 +61,13 @@ class Runtime:
     def barrier(self) -> None:
         if self.world > 1:
             torch.distributed.barrier()
+
+
+@contextmanager
+def callers_threads() -> Iterator[None]:
+    """Put torch's thread count back as the caller had it: a job's :class:`Runtime` sets its own."""
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

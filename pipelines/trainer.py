@@ -26,7 +26,7 @@ from .cache import DONE, CacheError, n_shards, read_settings
 from .features import FeatureCache
 from .metrics import roc_auc
 from .runs import RunDir, code_version, load_state
-from .runtime import Runtime
+from .runtime import Runtime, callers_threads
 from .train_config import model_config
 
 VAL_BATCH = 32
@@ -187,11 +187,8 @@ def train(config: dict[str, Any], *, out: str | Path = "runs", name: str | None 
           progress: bool = True) -> Path:
     """Train as ``config`` says (``pipelines.train_config``); returns the run folder. Sets torch's thread
     count for the run and puts the caller's back afterwards."""
-    threads = torch.get_num_threads()
-    try:
+    with callers_threads():
         return _train(config, out, name, resume, progress)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train(config: dict[str, Any], out: str | Path, name: str | None, resume: bool, progress: bool) -> Path:
